@@ -1,0 +1,81 @@
+"""metala_attn: the one entry point.  Checks its inputs, then runs the Triton kernels on CUDA tensors and the
+chunked PyTorch path elsewhere."""
+import torch
+
+from .chunk_torch import chunk_metala_torch
+
+SUPPORTED_DIMS = (16, 32, 64, 128)
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _check(q, g, v, g_bwd, mask, aug_weight):
+    for name, x in (('q', q), ('g', g), ('v', v), ('g_bwd', g_bwd), ('aug_weight', aug_weight)):
+        if x is not None and not isinstance(x, torch.Tensor):
+            raise TypeError(f'{name} must be a torch.Tensor, got {type(x).__name__}')
+    if q.dim() != 4:
+        raise ValueError(f'q must have shape [B, T, H, K], got {tuple(q.shape)}')
+    B, T, H, K = q.shape
+    if T < 1:
+        raise ValueError(f'q must hold at least one token (T >= 1), got shape {tuple(q.shape)}')
+    if v.dim() != 4 or tuple(v.shape[:3]) != (B, T, H):
+        raise ValueError(f'v must have shape [B, T, H, V] = [{B}, {T}, {H}, V] like q, got {tuple(v.shape)}')
+    V = v.shape[-1]
+    for name, x in (('g', g), ('g_bwd', g_bwd)):
+        if x is not None and tuple(x.shape) != (B, T, H, K):
+            raise ValueError(f'{name} must have the shape of q [B, T, H, K] = {[B, T, H, K]}, got {tuple(x.shape)}')
+    if K not in SUPPORTED_DIMS or V not in SUPPORTED_DIMS:
+        raise ValueError(f'head dims K={K} (q, g) and V={V} (v) must each be one of {SUPPORTED_DIMS}')
+    if q.dtype not in FLOAT_DTYPES or v.dtype != q.dtype:
+        raise ValueError(f'q and v must share one dtype of {FLOAT_DTYPES}, got q {q.dtype}, v {v.dtype}')
+    for name, x in (('g', g), ('g_bwd', g_bwd)):
+        if x is not None and x.dtype not in FLOAT_DTYPES:
+            raise ValueError(f'{name} must be float32 or the dtype of q, got {x.dtype}')
+    if mask is not None:
+        if tuple(mask.shape) != (B, T):
+            raise ValueError(f'mask must have shape [B, T] = [{B}, {T}] (True = real token), got {tuple(mask.shape)}')
+        if mask.dtype != torch.bool:
+            raise ValueError(f'mask must be a bool tensor (True = real token), got {mask.dtype}')
+    if aug_weight is not None and tuple(aug_weight.shape) != (H, K):
+        raise ValueError(f'aug_weight must have shape [H, K] = [{H}, {K}], got {tuple(aug_weight.shape)}')
+    for name, x in (('g', g), ('v', v), ('g_bwd', g_bwd), ('mask', mask), ('aug_weight', aug_weight)):
+        if x is not None and x.device != q.device:
+            raise ValueError(f'{name} is on {x.device} but q is on {q.device}: all inputs must share a device')
+    for name, x in (('g', g), ('g_bwd', g_bwd)):
+        if x is not None and not torch.compiler.is_compiling() and bool((x > 0).any()):
+            raise ValueError(f'{name} = log(alpha) must be <= 0 everywhere (alpha in (0, 1]); '
+                             f'max is {x.max().item():.3g}')
+
+
+def metala_attn(q, g, v, *, causal=False, g_bwd=None, scale=None, mask=None, aug_weight=None, backend='auto'):
+    """MetaLA attention.  q, g = log(alpha) <= 0: [B, T, H, K]; v: [B, T, H, V] -> o: [B, T, H, V] in q's dtype.
+
+    The key is k = 1 - exp(g).  causal: o_t = scale q_t S_t with S_t = diag(alpha_t) S_{t-1} + k_t^T v_t.
+    Otherwise o_i sums over every j, with the decay alpha_{j+1}..alpha_i for j <= i and alpha_i..alpha_{j-1}
+    for j > i (gates g_bwd and keys 1 - exp(g_bwd) for j > i if g_bwd is given); the diagonal counts once.
+    scale defaults to K ** -0.5.  mask [B, T] (True = real token): pads neither write nor decay and output 0.
+    aug_weight [H, K] adds the self-augmentation sigmoid((q_t . (k_t * w)) v_t).
+    backend: 'auto' (Triton on CUDA, PyTorch elsewhere), 'triton' or 'torch'.
+    """
+    _check(q, g, v, g_bwd, mask, aug_weight)
+    if backend not in ('auto', 'triton', 'torch'):
+        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
+    if backend == 'auto':
+        backend = 'triton' if q.is_cuda else 'torch'
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if causal:
+        g_bwd = None
+    if mask is not None:
+        pad = ~mask[:, :, None, None]
+        g = g.masked_fill(pad, 0.0)
+        g_bwd = g_bwd.masked_fill(pad, 0.0) if g_bwd is not None else None
+    if backend == 'triton':
+        from .chunk import chunk_metala
+        o = chunk_metala(q, g, v, g_bwd=g_bwd, scale=scale, causal=causal)
+    else:
+        o = chunk_metala_torch(q, g, v, g_bwd=g_bwd, scale=scale, causal=causal)
+    if aug_weight is not None:
+        k = 1 - g.float().exp()
+        o = o + torch.sigmoid((q * k * aug_weight).sum(-1, keepdim=True) * v.float()).to(o.dtype)
+    if mask is not None:
+        o = o * mask[:, :, None, None]
+    return o

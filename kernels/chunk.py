@@ -1,0 +1,306 @@
+"""Chunked MetaLA attention in Triton: fused bidirectional (and causal) forward and backward kernels.
+
+One program handles one (batch, head) and runs over the chunks of BT tokens twice, once in each direction:
+
+- forward:  right to left, store the backward state R entering every chunk (fp32 scratch [N, K, V]);
+            left to right, o = intra-chunk scores @ v + (q * e^lam) S + (q * e^lam_b) R, with S carried.
+- backward: left to right, dq of the forward scan, dk and dv of the backward scan;
+            right to left, the rest, the gate gradients (reverse cumulative sums) and the totals.
+
+A scan direction is described by a log-decay lam [BT, K] over the chunk: the decay between a query i and a
+key j it sees is exp(lam_i - lam_j) <= 1, per channel.  Forward: lam = inclusive cumsum of g, keys j <= i.
+Backward: lam = -(exclusive cumsum of g_bwd), keys j > i.  Within a chunk the scores are one matrix
+product of q * e^lam and k * e^-lam when the chunk's total decay is at least e^-30 (exact, no
+overflow); when the chunk decays below e^-30 (alpha near 0) a per-key loop computes every pair's decay with exponents <= 0.
+k = 1 - exp(g) is computed here: the kernels read only q, g, v (and do).
+"""
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get('TRITON_INTERPRET', '0') == '1'
+# Smallest chunk decay (per channel) for which the factorised chunk product is used: e^-30, so its factors
+# stay below e^30 ~ 1e13, far inside the fp32/bf16 range.
+MIN_CHUNK_DECAY = tl.constexpr(9.357623e-14)
+
+
+@triton.jit
+def _load_chunk(ptr, t0, T, D: tl.constexpr, STRIDE_T: tl.constexpr, BT: tl.constexpr):
+    """Tile [BT, D] of the tokens t0 .. t0 + BT (zeros past T: a zero gate is alpha = 1, k = 0)."""
+    rows = t0 + tl.arange(0, BT)
+    return tl.load(ptr + rows[:, None] * STRIDE_T + tl.arange(0, D)[None, :], mask=(rows < T)[:, None], other=0.)
+
+
+@triton.jit
+def _store_chunk(ptr, x, t0, T, D: tl.constexpr, STRIDE_T: tl.constexpr, BT: tl.constexpr):
+    rows = t0 + tl.arange(0, BT)
+    tl.store(ptr + rows[:, None] * STRIDE_T + tl.arange(0, D)[None, :], x.to(ptr.dtype.element_ty),
+             mask=(rows < T)[:, None])
+
+
+@triton.jit
+def _forward_scan_gates(g):
+    """g [BT, K] -> (k, lam, query factor e^lam, key factor e^(total - lam), chunk decay e^total [K])."""
+    lam = tl.cumsum(g, axis=0)
+    total = tl.sum(g, axis=0)
+    return 1 - tl.exp(g), lam, tl.exp(lam), tl.exp(total[None, :] - lam), tl.exp(total)
+
+
+@triton.jit
+def _backward_scan_gates(g):
+    """Backward scan: decay alpha_i .. alpha_{j-1}; lam = -(exclusive cumsum), same tuple as above."""
+    excl = tl.cumsum(g, axis=0) - g
+    total = tl.sum(g, axis=0)
+    return 1 - tl.exp(g), -excl, tl.exp(total[None, :] - excl), tl.exp(excl), tl.exp(total)
+
+
+@triton.jit
+def _pick(x, sel):
+    """Row sel (a [BT] one-hot mask) of x [BT, D] as a [D] vector."""
+    return tl.sum(tl.where(sel[:, None], x, 0.), axis=0)
+
+
+@triton.jit
+def _scores(q, k, lam, seen, fast, BT: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
+    """A [BT, BT] with A_ij = sum_k q_ik k_jk exp(lam_ik - lam_jk) where seen[i, j], else 0."""
+    if fast:
+        a = tl.dot((q * tl.exp(lam)).to(DT), tl.trans((k * tl.exp(-lam)).to(DT)), input_precision=PREC)
+        a = tl.where(seen, a, 0.)
+    else:
+        rows = tl.arange(0, BT)
+        a = tl.zeros([BT, BT], dtype=tl.float32)
+        for j in range(BT):
+            sel = rows == j
+            col = tl.sum(q * _pick(k, sel)[None, :] * tl.exp(tl.minimum(lam - _pick(lam, sel)[None, :], 0.)), axis=1)
+            a = tl.where(seen & sel[None, :], col[:, None], a)
+    return a
+
+
+@triton.jit
+def _scores_grad(q, k, lam, da, seen, fast, BT: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
+    """(dq, dk) [BT, K] of sum_ij da_ij A_ij for A = _scores(q, k, lam, seen)."""
+    da = tl.where(seen, da, 0.)
+    if fast:
+        dq = tl.exp(lam) * tl.dot(da.to(DT), (k * tl.exp(-lam)).to(DT), input_precision=PREC)
+        dk = tl.exp(-lam) * tl.dot(tl.trans(da).to(DT), (q * tl.exp(lam)).to(DT), input_precision=PREC)
+    else:
+        rows = tl.arange(0, BT)
+        dq = tl.zeros_like(q)
+        dk = tl.zeros_like(k)
+        for j in range(BT):
+            sel = rows == j
+            w = tl.sum(tl.where(sel[None, :], da, 0.), axis=1)[:, None] \
+                * tl.exp(tl.minimum(lam - _pick(lam, sel)[None, :], 0.))
+            dq += w * _pick(k, sel)[None, :]
+            dk = tl.where(sel[:, None], tl.sum(w * q, axis=0)[None, :], dk)
+    return dq, dk
+
+
+@triton.jit
+def _metala_fwd_kernel(q, g, gb, v, o, states, T, scale,
+                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                       BIDIR: tl.constexpr, SEP_GB: tl.constexpr, PREC: tl.constexpr):
+    i_bh = tl.program_id(0)
+    row0 = (i_bh // H * T * H + i_bh % H).to(tl.int64)  # element (b, 0, h) in units of one head's vector
+    q, g, gb, v, o = q + row0 * K, g + row0 * K, gb + row0 * K, v + row0 * V, o + row0 * V
+    NT = tl.cdiv(T, BT)
+    states += i_bh.to(tl.int64) * NT * K * V
+    state_offs = tl.arange(0, K)[:, None] * V + tl.arange(0, V)[None, :]
+    rows = tl.arange(0, BT)
+    DT = v.dtype.element_ty
+
+    if BIDIR:  # right to left: the backward state entering each chunk
+        r = tl.zeros([K, V], dtype=tl.float32)
+        for i in range(NT):
+            t0 = (NT - 1 - i) * BT
+            tl.store(states + (NT - 1 - i) * K * V + state_offs, r)
+            kb, lam_b, qf_b, kf_b, decay_b = _backward_scan_gates(_load_chunk(gb, t0, T, K, H * K, BT).to(tl.float32))
+            vc = _load_chunk(v, t0, T, V, H * V, BT)
+            r = decay_b[:, None] * r + tl.dot(tl.trans((kb * kf_b).to(DT)), vc, input_precision=PREC)
+        tl.debug_barrier()
+
+    s = tl.zeros([K, V], dtype=tl.float32)
+    for n in range(NT):
+        t0 = n * BT
+        qc = _load_chunk(q, t0, T, K, H * K, BT).to(tl.float32)
+        gc = _load_chunk(g, t0, T, K, H * K, BT).to(tl.float32)
+        vc = _load_chunk(v, t0, T, V, H * V, BT)
+        k, lam, qf, kf, decay = _forward_scan_gates(gc)
+        fast = tl.min(decay) >= MIN_CHUNK_DECAY
+        acc = tl.dot((qc * qf).to(DT), s.to(DT), input_precision=PREC)
+        if BIDIR:
+            if SEP_GB:
+                kb, lam_b, qf_b, kf_b, decay_b = _backward_scan_gates(_load_chunk(gb, t0, T, K, H * K, BT).to(tl.float32))
+            else:
+                kb, lam_b, qf_b, kf_b, decay_b = _backward_scan_gates(gc)
+            fast = fast & (tl.min(decay_b) >= MIN_CHUNK_DECAY)
+            a = _scores(qc, k, lam, rows[:, None] >= rows[None, :], fast, BT, DT, PREC) \
+                + _scores(qc, kb, lam_b, rows[:, None] < rows[None, :], fast, BT, DT, PREC)
+            r = tl.load(states + n * K * V + state_offs)
+            acc += tl.dot((qc * qf_b).to(DT), r.to(DT), input_precision=PREC)
+        else:
+            a = _scores(qc, k, lam, rows[:, None] >= rows[None, :], fast, BT, DT, PREC)
+        acc += tl.dot(a.to(DT), vc, input_precision=PREC)
+        _store_chunk(o, acc * scale, t0, T, V, H * V, BT)
+        s = decay[:, None] * s + tl.dot(tl.trans((k * kf).to(DT)), vc, input_precision=PREC)
+
+
+@triton.jit
+def _metala_bwd_kernel(q, g, gb, v, do, dq, dg, dgb, dv, T, scale,
+                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                       BIDIR: tl.constexpr, SEP_GB: tl.constexpr, PREC: tl.constexpr):
+    """dq, dg, dgb, dv: fp32.  Without SEP_GB, dgb is dg (it first holds dk of the backward scan)."""
+    i_bh = tl.program_id(0)
+    row0 = (i_bh // H * T * H + i_bh % H).to(tl.int64)
+    q, g, gb, dq, dg, dgb = q + row0 * K, g + row0 * K, gb + row0 * K, dq + row0 * K, dg + row0 * K, dgb + row0 * K
+    v, do, dv = v + row0 * V, do + row0 * V, dv + row0 * V
+    NT = tl.cdiv(T, BT)
+    rows = tl.arange(0, BT)
+    fwd_seen = rows[:, None] >= rows[None, :]
+    DT = v.dtype.element_ty
+
+    # left to right: S (forward state) gives dq of the forward scan; dR (gradient of the backward state)
+    # gives dk, dv of the backward scan.
+    s = tl.zeros([K, V], dtype=tl.float32)
+    dr = tl.zeros([K, V], dtype=tl.float32)
+    for n in range(NT):
+        t0 = n * BT
+        qc = _load_chunk(q, t0, T, K, H * K, BT).to(tl.float32)
+        gc = _load_chunk(g, t0, T, K, H * K, BT).to(tl.float32)
+        vc = _load_chunk(v, t0, T, V, H * V, BT)
+        doc = (_load_chunk(do, t0, T, V, H * V, BT) * scale).to(DT)
+        da = tl.dot(doc, tl.trans(vc), input_precision=PREC)
+        k, lam, qf, kf, decay = _forward_scan_gates(gc)
+        dq_f, _ = _scores_grad(qc, k, lam, da, fwd_seen, tl.min(decay) >= MIN_CHUNK_DECAY, BT, DT, PREC)
+        dq_f += qf * tl.dot(doc, tl.trans(s.to(DT)), input_precision=PREC)
+        _store_chunk(dq, dq_f, t0, T, K, H * K, BT)
+        s = decay[:, None] * s + tl.dot(tl.trans((k * kf).to(DT)), vc, input_precision=PREC)
+        if BIDIR:
+            if SEP_GB:
+                kb, lam_b, qf_b, kf_b, decay_b = _backward_scan_gates(_load_chunk(gb, t0, T, K, H * K, BT).to(tl.float32))
+            else:
+                kb, lam_b, qf_b, kf_b, decay_b = _backward_scan_gates(gc)
+            fast = tl.min(decay_b) >= MIN_CHUNK_DECAY
+            a_b = _scores(qc, kb, lam_b, ~fwd_seen, fast, BT, DT, PREC)
+            _, dk_b = _scores_grad(qc, kb, lam_b, da, ~fwd_seen, fast, BT, DT, PREC)
+            dk_b += kf_b * tl.dot(vc, tl.trans(dr.to(DT)), input_precision=PREC)
+            dv_b = tl.dot(tl.trans(a_b.to(DT)), doc, input_precision=PREC) \
+                + tl.dot((kb * kf_b).to(DT), dr.to(DT), input_precision=PREC)
+            _store_chunk(dgb, dk_b, t0, T, K, H * K, BT)
+            _store_chunk(dv, dv_b, t0, T, V, H * V, BT)
+            dr = decay_b[:, None] * dr + tl.dot(tl.trans((qc * qf_b).to(DT)), doc, input_precision=PREC)
+    tl.debug_barrier()
+
+    # right to left: R gives dq of the backward scan; dS gives dk, dv of the forward scan; then the totals.
+    # Gate gradients: dlam = q dq - k dk per scan; dg_s = sum_{t>=s} dlam_f - sum_{t>s} dlam_b - e^g dk.
+    r = tl.zeros([K, V], dtype=tl.float32)
+    ds = tl.zeros([K, V], dtype=tl.float32)
+    carry_f = tl.zeros([K], dtype=tl.float32)
+    carry_b = tl.zeros([K], dtype=tl.float32)
+    for i in range(NT):
+        t0 = (NT - 1 - i) * BT
+        qc = _load_chunk(q, t0, T, K, H * K, BT).to(tl.float32)
+        gc = _load_chunk(g, t0, T, K, H * K, BT).to(tl.float32)
+        vc = _load_chunk(v, t0, T, V, H * V, BT)
+        doc = (_load_chunk(do, t0, T, V, H * V, BT) * scale).to(DT)
+        da = tl.dot(doc, tl.trans(vc), input_precision=PREC)
+        k, lam, qf, kf, decay = _forward_scan_gates(gc)
+        fast = tl.min(decay) >= MIN_CHUNK_DECAY
+        a_f = _scores(qc, k, lam, fwd_seen, fast, BT, DT, PREC)
+        _, dk_f = _scores_grad(qc, k, lam, da, fwd_seen, fast, BT, DT, PREC)
+        dk_f += kf * tl.dot(vc, tl.trans(ds.to(DT)), input_precision=PREC)
+        dv_t = tl.dot(tl.trans(a_f.to(DT)), doc, input_precision=PREC) \
+            + tl.dot((k * kf).to(DT), ds.to(DT), input_precision=PREC)
+        dq_t = _load_chunk(dq, t0, T, K, H * K, BT)
+        dlam_f = qc * dq_t - k * dk_f
+        dg_t = tl.cumsum(dlam_f, axis=0, reverse=True) + carry_f[None, :] - tl.exp(gc) * dk_f
+        carry_f += tl.sum(dlam_f, axis=0)
+        ds = decay[:, None] * ds + tl.dot(tl.trans((qc * qf).to(DT)), doc, input_precision=PREC)
+        if BIDIR:
+            if SEP_GB:
+                gbc = _load_chunk(gb, t0, T, K, H * K, BT).to(tl.float32)
+            else:
+                gbc = gc
+            kb, lam_b, qf_b, kf_b, decay_b = _backward_scan_gates(gbc)
+            fast = tl.min(decay_b) >= MIN_CHUNK_DECAY
+            dq_b, _ = _scores_grad(qc, kb, lam_b, da, ~fwd_seen, fast, BT, DT, PREC)
+            dq_b += qf_b * tl.dot(doc, tl.trans(r.to(DT)), input_precision=PREC)
+            dk_b = _load_chunk(dgb, t0, T, K, H * K, BT)
+            dv_t += _load_chunk(dv, t0, T, V, H * V, BT)
+            dlam_b = qc * dq_b - kb * dk_b
+            dgb_t = carry_b[None, :] - tl.cumsum(dlam_b, axis=0, reverse=True) + dlam_b - tl.exp(gbc) * dk_b
+            carry_b -= tl.sum(dlam_b, axis=0)
+            dq_t += dq_b
+            tl.debug_barrier()  # dgb may alias dg: every read of this chunk before its writes
+            if SEP_GB:
+                _store_chunk(dgb, dgb_t, t0, T, K, H * K, BT)
+            else:
+                dg_t += dgb_t
+            _store_chunk(dq, dq_t, t0, T, K, H * K, BT)
+            r = decay_b[:, None] * r + tl.dot(tl.trans((kb * kf_b).to(DT)), vc, input_precision=PREC)
+        _store_chunk(dg, dg_t, t0, T, K, H * K, BT)
+        _store_chunk(dv, dv_t, t0, T, V, H * V, BT)
+
+
+def _launch_config(T):
+    """Chunk length: 64 tokens, shorter for short sequences (tl.dot needs 16 at least)."""
+    return min(64, max(16, triton.next_power_of_2(T)))
+
+
+_CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 8) for s in (1, 2)]
+
+
+def _tuned(kernel):
+    """Autotuned on a GPU; the interpreter has no driver to tune with, so it gets the kernel as written."""
+    if INTERPRET:
+        return kernel
+    return triton.autotune(_CONFIGS, key=['T', 'H', 'K', 'V', 'BT', 'BIDIR', 'SEP_GB'])(kernel)
+
+
+_fwd = _tuned(_metala_fwd_kernel)
+_bwd = _tuned(_metala_bwd_kernel)
+
+
+class ChunkMetaLAFunction(torch.autograd.Function):
+    """q, g, g_bwd: [B, T, H, K]; v: [B, T, H, V] (contiguous, g_bwd may be None) -> o: [B, T, H, V]."""
+
+    @staticmethod
+    def forward(ctx, q, g, g_bwd, v, scale, causal):
+        B, T, H, K = q.shape
+        V = v.shape[-1]
+        BT = _launch_config(T)
+        sep = g_bwd is not None and not causal
+        gb = g_bwd if sep else g
+        o = torch.empty_like(v)
+        states = v.new_empty(B * H, triton.cdiv(T, BT) * K * V if not causal else 1, dtype=torch.float32)
+        prec = 'ieee' if v.dtype == torch.float32 else 'tf32'
+        _fwd[(B * H,)](q, g, gb, v, o, states, T, scale, H=H, K=K, V=V, BT=BT,
+                       BIDIR=not causal, SEP_GB=sep, PREC=prec)
+        ctx.save_for_backward(q, g, gb, v)
+        ctx.scale, ctx.causal, ctx.sep, ctx.has_g_bwd, ctx.BT, ctx.prec = scale, causal, sep, g_bwd is not None, BT, prec
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, g, gb, v = ctx.saved_tensors
+        B, T, H, K = q.shape
+        V = v.shape[-1]
+        dq = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+        dg = torch.empty_like(dq)
+        dgb = torch.empty_like(dq) if ctx.sep else dg
+        dv = torch.empty(v.shape, dtype=torch.float32, device=v.device)
+        _bwd[(B * H,)](q, g, gb, v, do.contiguous(), dq, dg, dgb, dv, T, ctx.scale, H=H, K=K, V=V, BT=ctx.BT,
+                       BIDIR=not ctx.causal, SEP_GB=ctx.sep, PREC=ctx.prec)
+        dg_bwd = None
+        if ctx.has_g_bwd:  # in causal mode g_bwd plays no part
+            dg_bwd = dgb.to(gb.dtype) if ctx.sep else torch.zeros_like(gb)
+        return dq.to(q.dtype), dg.to(g.dtype), dg_bwd, dv.to(v.dtype), None, None
+
+
+def chunk_metala(q, g, v, g_bwd=None, scale=1.0, causal=False):
+    """Triton MetaLA attention core (no mask, no self-augmentation): scale * sum_j (q_i . k_j D_ij) v_j."""
+    q, g, v = q.contiguous(), g.contiguous(), v.contiguous()
+    g_bwd = g_bwd.contiguous() if g_bwd is not None else None
+    return ChunkMetaLAFunction.apply(q, g, g_bwd, v, scale, causal)

@@ -1,0 +1,54 @@
+"""Chunked MetaLA attention in pure PyTorch: the CPU path, differentiable through autograd.
+
+Within a chunk of C tokens the decays are exact per pair (log-space, every exponent <= 0); across chunks
+a forward state S [K, V] runs left to right and a backward state R [K, V] right to left, as in the Triton
+kernels (chunk.py).  Shapes: q, g, g_bwd: [B, T, H, K]; v: [B, T, H, V] -> o: [B, T, H, V].
+"""
+import torch
+import torch.nn.functional as F
+
+
+def _chunks(x, C):
+    """[B, T, H, D] -> [B, H, N, C, D], zero-padded to N * C tokens (a zero gate is alpha = 1, k = 0: inert)."""
+    B, T, H, D = x.shape
+    x = F.pad(x, (0, 0, 0, 0, 0, -T % C))
+    return x.view(B, -1, C, H, D).permute(0, 3, 1, 2, 4)
+
+
+def _scan(decay, update, reverse=False):
+    """States entering each chunk: s_0 = 0, s_{n+1} = decay_n * s_n + update_n (chunks taken right to left if
+    reverse).  decay: [B, H, N, K]; update: [B, H, N, K, V] -> [B, H, N, K, V]."""
+    N = decay.shape[2]
+    order = range(N - 1, -1, -1) if reverse else range(N)
+    state, states = torch.zeros_like(update[:, :, 0]), [None] * N
+    for n in order:
+        states[n] = state
+        state = decay[:, :, n, :, None] * state + update[:, :, n]
+    return torch.stack(states, 2)
+
+
+def chunk_metala_torch(q, g, v, g_bwd=None, scale=1.0, causal=False, chunk_size=16):
+    """o_i = scale * sum_j (q_i . (k_j * D_ij)) v_j, computed chunk by chunk in float32 (or float64)."""
+    dtype, T, C = v.dtype, q.shape[1], chunk_size
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    q, g, v = (_chunks(x.to(acc), C) for x in (q, g, v))
+    k = 1 - g.exp()
+    incl = g.cumsum(-2)                                       # sum of g up to and including token i of the chunk
+    total = incl[..., -1, :]                                  # [B, H, N, K]
+    i, j = torch.arange(C)[:, None], torch.arange(C)[None, :]
+    fwd_decay = (incl[..., :, None, :] - incl[..., None, :, :]).masked_fill(~(j <= i)[..., None], float('-inf')).exp()
+    scores = torch.einsum('bhnik,bhnjk,bhnijk->bhnij', q, k, fwd_decay)
+    states = _scan(total.exp(), (k * (total[..., None, :] - incl).exp()).transpose(-1, -2) @ v)
+    o = scores @ v + (q * incl.exp()) @ states
+    if not causal:
+        gb = g if g_bwd is None else _chunks(g_bwd.to(acc), C)
+        kb = k if g_bwd is None else 1 - gb.exp()
+        excl = gb.cumsum(-2) - gb                             # sum of g_bwd strictly before token i of the chunk
+        total_b = excl[..., -1, :] + gb[..., -1, :]
+        bwd_decay = (excl[..., None, :, :] - excl[..., :, None, :]).masked_fill(~(j > i)[..., None], float('-inf')).exp()
+        scores_b = torch.einsum('bhnik,bhnjk,bhnijk->bhnij', q, kb, bwd_decay)
+        states_b = _scan(total_b.exp(), (kb * excl.exp()).transpose(-1, -2) @ v, reverse=True)
+        o = o + scores_b @ v + (q * (total_b[..., None, :] - excl).exp()) @ states_b
+    B, H, N = o.shape[:3]
+    o = (o * scale).permute(0, 2, 3, 1, 4).reshape(B, N * C, H, -1)[:, :T]
+    return o.to(dtype)
