@@ -2,7 +2,7 @@
 chunked PyTorch path elsewhere."""
 import torch
 
-from .chunk_torch import chunk_metala_torch
+from .chunk_torch import chunk_metala_torch, key_from_gate
 
 SUPPORTED_DIMS = (16, 32, 64, 128)
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -74,7 +74,7 @@ def metala_attn(q, g, v, *, causal=False, g_bwd=None, scale=None, mask=None, aug
     else:
         o = chunk_metala_torch(q, g, v, g_bwd=g_bwd, scale=scale, causal=causal)
     if aug_weight is not None:
-        k = 1 - g.float().exp()
+        k = key_from_gate(g.float())
         o = o + torch.sigmoid((q * k * aug_weight).sum(-1, keepdim=True) * v.float()).to(o.dtype)
     if mask is not None:
         o = o * mask[:, :, None, None]

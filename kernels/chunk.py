@@ -41,11 +41,17 @@ def _store_chunk(ptr, x, t0, T, D: tl.constexpr, STRIDE_T: tl.constexpr, BT: tl.
 
 
 @triton.jit
+def _key(g):
+    """k = 1 - e^g = -expm1(g), by its Taylor series near 0 where 1 - e^g would cancel to nothing."""
+    return tl.where(g > -0.1, -g * (1 + g * (1 / 2 + g * (1 / 6 + g * (1 / 24 + g / 120)))), 1 - tl.exp(g))
+
+
+@triton.jit
 def _forward_scan_gates(g):
     """g [BT, K] -> (k, lam, query factor e^lam, key factor e^(total - lam), chunk decay e^total [K])."""
     lam = tl.cumsum(g, axis=0)
     total = tl.sum(g, axis=0)
-    return 1 - tl.exp(g), lam, tl.exp(lam), tl.exp(total[None, :] - lam), tl.exp(total)
+    return _key(g), lam, tl.exp(lam), tl.exp(total[None, :] - lam), tl.exp(total)
 
 
 @triton.jit
@@ -53,7 +59,7 @@ def _backward_scan_gates(g):
     """Backward scan: decay alpha_i .. alpha_{j-1}; lam = -(exclusive cumsum), same tuple as above."""
     excl = tl.cumsum(g, axis=0) - g
     total = tl.sum(g, axis=0)
-    return 1 - tl.exp(g), -excl, tl.exp(total[None, :] - excl), tl.exp(excl), tl.exp(total)
+    return _key(g), -excl, tl.exp(total[None, :] - excl), tl.exp(excl), tl.exp(total)
 
 
 @triton.jit
@@ -151,7 +157,10 @@ def _metala_fwd_kernel(q, g, gb, v, o, states, T, scale,
 def _metala_bwd_kernel(q, g, gb, v, do, dq, dg, dgb, dv, T, scale,
                        H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                        BIDIR: tl.constexpr, SEP_GB: tl.constexpr, PREC: tl.constexpr):
-    """dq, dg, dgb, dv: fp32.  Without SEP_GB, dgb is dg (it first holds dk of the backward scan)."""
+    """dq, dg, dgb, dv: fp32.  Without SEP_GB, dgb is dg (it first holds dk of the backward scan).
+
+    The diagonal (decay 1) is kept out of dq_f, dk_f and added exactly: at alpha ~ 0 its q dq and k dk
+    parts would cancel in the gate gradient with an error far above the true value."""
     i_bh = tl.program_id(0)
     row0 = (i_bh // H * T * H + i_bh % H).to(tl.int64)
     q, g, gb, dq, dg, dgb = q + row0 * K, g + row0 * K, gb + row0 * K, dq + row0 * K, dg + row0 * K, dgb + row0 * K
@@ -159,6 +168,7 @@ def _metala_bwd_kernel(q, g, gb, v, do, dq, dg, dgb, dv, T, scale,
     NT = tl.cdiv(T, BT)
     rows = tl.arange(0, BT)
     fwd_seen = rows[:, None] >= rows[None, :]
+    fwd_seen_off_diag = rows[:, None] > rows[None, :]
     DT = v.dtype.element_ty
 
     # left to right: S (forward state) gives dq of the forward scan; dR (gradient of the backward state)
@@ -173,7 +183,7 @@ def _metala_bwd_kernel(q, g, gb, v, do, dq, dg, dgb, dv, T, scale,
         doc = (_load_chunk(do, t0, T, V, H * V, BT) * scale).to(DT)
         da = tl.dot(doc, tl.trans(vc), input_precision=PREC)
         k, lam, qf, kf, decay = _forward_scan_gates(gc)
-        dq_f, _ = _scores_grad(qc, k, lam, da, fwd_seen, tl.min(decay) >= MIN_CHUNK_DECAY, BT, DT, PREC)
+        dq_f, _ = _scores_grad(qc, k, lam, da, fwd_seen_off_diag, tl.min(decay) >= MIN_CHUNK_DECAY, BT, DT, PREC)
         dq_f += qf * tl.dot(doc, tl.trans(s.to(DT)), input_precision=PREC)
         _store_chunk(dq, dq_f, t0, T, K, H * K, BT)
         s = decay[:, None] * s + tl.dot(tl.trans((k * kf).to(DT)), vc, input_precision=PREC)
@@ -209,13 +219,15 @@ def _metala_bwd_kernel(q, g, gb, v, do, dq, dg, dgb, dv, T, scale,
         k, lam, qf, kf, decay = _forward_scan_gates(gc)
         fast = tl.min(decay) >= MIN_CHUNK_DECAY
         a_f = _scores(qc, k, lam, fwd_seen, fast, BT, DT, PREC)
-        _, dk_f = _scores_grad(qc, k, lam, da, fwd_seen, fast, BT, DT, PREC)
+        _, dk_f = _scores_grad(qc, k, lam, da, fwd_seen_off_diag, fast, BT, DT, PREC)
         dk_f += kf * tl.dot(vc, tl.trans(ds.to(DT)), input_precision=PREC)
         dv_t = tl.dot(tl.trans(a_f.to(DT)), doc, input_precision=PREC) \
             + tl.dot((k * kf).to(DT), ds.to(DT), input_precision=PREC)
-        dq_t = _load_chunk(dq, t0, T, K, H * K, BT)
-        dlam_f = qc * dq_t - k * dk_f
-        dg_t = tl.cumsum(dlam_f, axis=0, reverse=True) + carry_f[None, :] - tl.exp(gc) * dk_f
+        dq_f = _load_chunk(dq, t0, T, K, H * K, BT)
+        dlam_f = qc * dq_f - k * dk_f
+        diag = tl.sum(doc.to(tl.float32) * vc.to(tl.float32), axis=1)[:, None]  # dA_ii
+        dg_t = tl.cumsum(dlam_f, axis=0, reverse=True) + carry_f[None, :] - tl.exp(gc) * (dk_f + qc * diag)
+        dq_t = dq_f + k * diag
         carry_f += tl.sum(dlam_f, axis=0)
         ds = decay[:, None] * ds + tl.dot(tl.trans((qc * qf).to(DT)), doc, input_precision=PREC)
         if BIDIR:
@@ -238,8 +250,8 @@ def _metala_bwd_kernel(q, g, gb, v, do, dq, dg, dgb, dv, T, scale,
                 _store_chunk(dgb, dgb_t, t0, T, K, H * K, BT)
             else:
                 dg_t += dgb_t
-            _store_chunk(dq, dq_t, t0, T, K, H * K, BT)
             r = decay_b[:, None] * r + tl.dot(tl.trans((kb * kf_b).to(DT)), vc, input_precision=PREC)
+        _store_chunk(dq, dq_t, t0, T, K, H * K, BT)
         _store_chunk(dg, dg_t, t0, T, K, H * K, BT)
         _store_chunk(dv, dv_t, t0, T, V, H * V, BT)
 

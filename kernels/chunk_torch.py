@@ -15,6 +15,20 @@ def _chunks(x, C):
     return x.view(B, -1, C, H, D).permute(0, 3, 1, 2, 4)
 
 
+def key_from_gate(g):
+    """k = 1 - e^g, accurate in value and gradient: -expm1 near g = 0 (where 1 - e^g cancels), 1 - e^g
+    elsewhere (where autograd's expm1 backward, grad * (expm1(g) + 1), would round e^g away)."""
+    return torch.where(g > -0.1, -torch.expm1(g), 1 - g.exp())
+
+
+def _exclusive_cumsum(x, reverse=False):
+    """Sum over the tokens strictly before (after, if reverse) each token of the chunk: [..., C, K].  Built by
+    shifting, not as cumsum - x, so a token's own gate never enters and leaves it (inexactly, in autograd)."""
+    if reverse:
+        return F.pad(x.flip(-2).cumsum(-2)[..., :-1, :], (0, 0, 1, 0)).flip(-2)
+    return F.pad(x.cumsum(-2)[..., :-1, :], (0, 0, 1, 0))
+
+
 def _scan(decay, update, reverse=False):
     """States entering each chunk: s_0 = 0, s_{n+1} = decay_n * s_n + update_n (chunks taken right to left if
     reverse).  decay: [B, H, N, K]; update: [B, H, N, K, V] -> [B, H, N, K, V]."""
@@ -32,23 +46,26 @@ def chunk_metala_torch(q, g, v, g_bwd=None, scale=1.0, causal=False, chunk_size=
     dtype, T, C = v.dtype, q.shape[1], chunk_size
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     q, g, v = (_chunks(x.to(acc), C) for x in (q, g, v))
-    k = 1 - g.exp()
+    k = key_from_gate(g)
     incl = g.cumsum(-2)                                       # sum of g up to and including token i of the chunk
     total = incl[..., -1, :]                                  # [B, H, N, K]
+    after = _exclusive_cumsum(g, reverse=True)                # sum of g after token i: total - incl
     i, j = torch.arange(C)[:, None], torch.arange(C)[None, :]
-    fwd_decay = (incl[..., :, None, :] - incl[..., None, :, :]).masked_fill(~(j <= i)[..., None], float('-inf')).exp()
-    scores = torch.einsum('bhnik,bhnjk,bhnijk->bhnij', q, k, fwd_decay)
-    states = _scan(total.exp(), (k * (total[..., None, :] - incl).exp()).transpose(-1, -2) @ v)
+    # the diagonal (decay 1) apart: through exp(incl_i - incl_i) its gate gradient would cancel inexactly
+    fwd_decay = (incl[..., :, None, :] - incl[..., None, :, :]).masked_fill(~(j < i)[..., None], float('-inf')).exp()
+    scores = torch.einsum('bhnik,bhnjk,bhnijk->bhnij', q, k, fwd_decay) + torch.diag_embed((q * k).sum(-1))
+    states = _scan(total.exp(), (k * after.exp()).transpose(-1, -2) @ v)
     o = scores @ v + (q * incl.exp()) @ states
     if not causal:
         gb = g if g_bwd is None else _chunks(g_bwd.to(acc), C)
-        kb = k if g_bwd is None else 1 - gb.exp()
-        excl = gb.cumsum(-2) - gb                             # sum of g_bwd strictly before token i of the chunk
-        total_b = excl[..., -1, :] + gb[..., -1, :]
+        kb = k if g_bwd is None else key_from_gate(gb)
+        excl = _exclusive_cumsum(gb)                          # sum of g_bwd strictly before token i of the chunk
+        rest = _exclusive_cumsum(gb, reverse=True) + gb       # sum of g_bwd from token i on: total_b - excl
+        total_b = rest[..., 0, :]
         bwd_decay = (excl[..., None, :, :] - excl[..., :, None, :]).masked_fill(~(j > i)[..., None], float('-inf')).exp()
         scores_b = torch.einsum('bhnik,bhnjk,bhnijk->bhnij', q, kb, bwd_decay)
         states_b = _scan(total_b.exp(), (kb * excl.exp()).transpose(-1, -2) @ v, reverse=True)
-        o = o + scores_b @ v + (q * (total_b[..., None, :] - excl).exp()) @ states_b
+        o = o + scores_b @ v + (q * rest.exp()) @ states_b
     B, H, N = o.shape[:3]
     o = (o * scale).permute(0, 2, 3, 1, 4).reshape(B, N * C, H, -1)[:, :T]
     return o.to(dtype)

@@ -20,7 +20,7 @@ def _finish(o, q, g, v, scale, mask, aug_weight):
     """Scale, self-augmentation sigmoid((q . (k * w)) v) and zeroed pads."""
     o = o * scale
     if aug_weight is not None:
-        k = 1 - g.exp()
+        k = -torch.expm1(g)
         o = o + torch.sigmoid((q * k * aug_weight).sum(-1, keepdim=True) * v)
     if mask is not None:
         o = o * mask.bool()[:, :, None, None]
@@ -32,7 +32,7 @@ def naive_recurrent_metala(q, g, v, *, causal=False, g_bwd=None, scale=None, mas
     B, T, H, K = q.shape
     scale = K ** -0.5 if scale is None else scale
     g, g_bwd = _prepare(q, g, v, g_bwd, mask)
-    k, k_bwd = 1 - g.exp(), 1 - g_bwd.exp()
+    k, k_bwd = -torch.expm1(g), -torch.expm1(g_bwd)
     o = torch.zeros_like(v)
     state = q.new_zeros(B, H, K, v.shape[-1])
     for t in range(T):
@@ -52,7 +52,7 @@ def naive_parallel_metala(q, g, v, *, causal=False, g_bwd=None, scale=None, mask
     K = q.shape[-1]
     scale = K ** -0.5 if scale is None else scale
     g, g_bwd = _prepare(q, g, v, g_bwd, mask)
-    k, k_bwd = 1 - g.exp(), 1 - g_bwd.exp()
+    k, k_bwd = -torch.expm1(g), -torch.expm1(g_bwd)
     incl = g.cumsum(1)                        # sum_{s<=t} g_s
     excl = g_bwd.cumsum(1) - g_bwd            # sum_{s<t} g_bwd_s
     T = q.shape[1]

@@ -1,0 +1,212 @@
+"""MetaLA attention: every implementation against the float64 recurrence, outputs and gradients.
+
+On a CUDA machine the Triton kernels run compiled; on the CPU they run under TRITON_INTERPRET=1 (set by
+.ci/run) at small shapes, and are skipped without it.
+"""
+import os
+
+import pytest
+import torch
+
+from metala_kernels import chunk_metala_torch, metala_attn, naive_parallel_metala, naive_recurrent_metala
+
+DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
+TRITON_OK = DEVICE == 'cuda' or os.environ.get('TRITON_INTERPRET') == '1'
+BACKENDS = ['torch', pytest.param('triton', marks=pytest.mark.skipif(
+    not TRITON_OK, reason='Triton needs CUDA or TRITON_INTERPRET=1'))]
+# ||out - ref|| / ||ref|| allowed per input dtype
+TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 5e-3}
+
+
+def rel_err(out, ref):
+    assert torch.isfinite(out).all(), 'non-finite values'
+    return ((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30)).item()
+
+
+def make_inputs(B, T, H, K, V, *, g_low=-1.0, sep=False, masked=False, aug=False, seed=None):
+    """Fresh random inputs (float64 masters); g in [g_low, 0)."""
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    x = dict(q=torch.randn(B, T, H, K, generator=gen, dtype=torch.float64),
+             g=torch.rand(B, T, H, K, generator=gen, dtype=torch.float64) * g_low,
+             v=torch.randn(B, T, H, V, generator=gen, dtype=torch.float64))
+    if sep:
+        x['g_bwd'] = torch.rand(B, T, H, K, generator=gen, dtype=torch.float64) * g_low
+    if aug:
+        x['aug_weight'] = torch.randn(H, K, generator=gen, dtype=torch.float64) * 0.5
+    mask = None
+    if masked:  # right-padded sequences of random lengths, at least one real token each
+        lengths = torch.randint(1, T + 1, (B,), generator=gen)
+        mask = (torch.arange(T)[None] < lengths[:, None]).to(DEVICE)
+    return x, mask
+
+
+def run(x, mask, dtype, do, **kw):
+    """Outputs and gradients of metala_attn (or the oracle for float64) at dtype on DEVICE."""
+    weight_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32  # a parameter's dtype
+    leaves = {n: t.to(DEVICE, weight_dtype if n == 'aug_weight' else dtype, copy=True).requires_grad_() for n, t in x.items()}
+    fn = kw.pop('fn', metala_attn)
+    o = fn(leaves['q'], leaves['g'], leaves['v'], g_bwd=leaves.get('g_bwd'), mask=mask,
+           aug_weight=leaves.get('aug_weight'), **kw)
+    o.backward(do.to(DEVICE, o.dtype))
+    return {'o': o, **{'d' + n: t.grad for n, t in leaves.items()}}
+
+
+def oracle(x, mask, do, causal):
+    return run(x, mask, torch.float64, do, fn=naive_recurrent_metala, causal=causal)
+
+
+def assert_close(out, ref, tol):
+    for name in ref:
+        err = rel_err(out[name], ref[name])
+        assert err < tol, f'{name}: rel err {err:.2e} >= {tol:.0e}'
+
+
+def test_references_agree():
+    """The materialised T x T form equals the recurrence, with every option on."""
+    for causal in (False, True):
+        x, mask = make_inputs(2, 23, 2, 16, 32, sep=True, masked=True, aug=True)
+        a = naive_recurrent_metala(x['q'], x['g'], x['v'], causal=causal, g_bwd=x['g_bwd'], mask=mask.cpu(),
+                                   aug_weight=x['aug_weight'])
+        b = naive_parallel_metala(x['q'], x['g'], x['v'], causal=causal, g_bwd=x['g_bwd'], mask=mask.cpu(),
+                                  aug_weight=x['aug_weight'])
+        assert rel_err(a, b) < 1e-12
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('causal', [False, True])
+@pytest.mark.parametrize('T', [1, 7, 63, 65, 197])
+def test_matches_oracle(backend, causal, T):
+    """Outputs and gradients of q, g, v (and g_bwd, aug_weight, with a mask) equal the float64 oracle."""
+    sep, masked, aug = T % 2 == 1, T > 1, T in (7, 65)
+    x, mask = make_inputs(2, T, 2, 16, 32, sep=sep and not causal, masked=masked, aug=aug)
+    do = torch.randn(2, T, 2, 32, dtype=torch.float64)
+    ref = oracle(x, mask, do, causal)
+    out = run(x, mask, torch.float32, do, causal=causal, backend=backend)
+    assert_close(out, ref, TOL[torch.float32])
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('K,V', [(32, 64), (64, 64), (128, 32)])
+def test_head_dims(backend, K, V):
+    x, mask = make_inputs(1, 40, 2, K, V)
+    do = torch.randn(1, 40, 2, V, dtype=torch.float64)
+    assert_close(run(x, mask, torch.float32, do, backend=backend), oracle(x, mask, do, False), TOL[torch.float32])
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_half_precision(backend, dtype):
+    """Half inputs: result in the input dtype, error measured against the oracle on the rounded inputs."""
+    if backend == 'triton' and dtype == torch.bfloat16 and DEVICE == 'cpu':
+        pytest.skip("triton's interpreter has no bfloat16 (no get_bf16); checked on CUDA")
+    x, mask = make_inputs(2, 100, 2, 32, 64, g_low=-0.2)
+    x = {n: t.to(dtype).double() for n, t in x.items()}
+    do = torch.randn(2, 100, 2, 64, dtype=torch.float64).to(dtype).double()
+    out = run(x, mask, dtype, do, backend=backend)
+    assert out['o'].dtype == dtype and out['dq'].dtype == dtype
+    assert_close(out, oracle(x, mask, do, False), TOL[dtype])
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_matches_fla_gla_in_causal_mode(backend):
+    """Causal mode is fla's GLA with k = 1 - alpha: naive_recurrent_gla(q, 1 - alpha, v, log alpha)."""
+    from fla.ops.gla.naive import naive_recurrent_gla
+    x, _ = make_inputs(2, 50, 2, 32, 64)
+    ref, _ = naive_recurrent_gla(x['q'], 1 - x['g'].exp(), x['v'], x['g'])  # scale K^-0.5 there and here
+    o = metala_attn(*(x[n].float().to(DEVICE) for n in 'qgv'), causal=True, backend=backend)
+    assert rel_err(o.cpu(), ref) < TOL[torch.float32]
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_bidirectional_is_causal_plus_flipped_causal_minus_diagonal(backend):
+    q, g, v = (x.float().to(DEVICE) for x in make_inputs(2, 70, 2, 16, 16)[0].values())
+    bidir = metala_attn(q, g, v, backend=backend)
+    fwd = metala_attn(q, g, v, causal=True, backend=backend)
+    bwd = metala_attn(q.flip(1), g.flip(1), v.flip(1), causal=True, backend=backend).flip(1)
+    diag = (q * (1 - g.exp())).sum(-1, keepdim=True) * v * q.shape[-1] ** -0.5
+    assert rel_err(bidir, fwd + bwd - diag) < 1e-5
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('causal', [False, True])
+def test_padding_invariance(backend, causal):
+    """Appending pads of random content changes no real output or gradient; pads output exactly zero."""
+    T, P = 33, 31
+    x, _ = make_inputs(2, T, 2, 16, 32, sep=not causal, aug=True)
+    padded, _ = make_inputs(2, T + P, 2, 16, 32, sep=not causal, aug=True)
+    for n in x:
+        padded[n] = torch.cat([x[n], padded[n][:, T:]], 1) if n != 'aug_weight' else x[n]
+    mask = torch.zeros(2, T + P, dtype=torch.bool, device=DEVICE)
+    mask[:, :T] = True
+    do = torch.randn(2, T + P, 2, 32, dtype=torch.float64)
+    short = run(x, None, torch.float32, do[:, :T], causal=causal, backend=backend)
+    long = run(padded, mask, torch.float32, do, causal=causal, backend=backend)
+    assert long['o'][:, T:].abs().max() == 0
+    for name in short:
+        cut = long[name] if name == 'daug_weight' else long[name][:, :T]
+        assert rel_err(cut, short[name]) < 1e-5, name
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('g_value', [-1e-7, -20.0])
+def test_extreme_gates(backend, g_value):
+    """alpha -> 1 and alpha ~ 2e-9 (the chunk fallback path): finite and equal to the oracle."""
+    x, mask = make_inputs(1, 130, 2, 16, 16)
+    x['g'] = torch.full_like(x['g'], g_value) * (0.5 + torch.rand_like(x['g']))
+    do = torch.randn(1, 130, 2, 16, dtype=torch.float64)
+    assert_close(run(x, mask, torch.float32, do, backend=backend), oracle(x, mask, do, False), TOL[torch.float32])
+
+
+@pytest.mark.skipif(DEVICE != 'cuda' and os.environ.get('METALA_LONG_TESTS') != '1',
+                    reason='T = 65536 runs on CUDA, or on the CPU with METALA_LONG_TESTS=1')
+@pytest.mark.parametrize('g_value', [-1e-7, -20.0])
+def test_long_sequence_extreme_gates(g_value):
+    """T = 65536 in fp32: no NaN/Inf and the same output as the float64 chunked path."""
+    T = 65536
+    gen = torch.Generator().manual_seed(0)
+    q, v = torch.randn(1, T, 1, 16, generator=gen), torch.randn(1, T, 1, 16, generator=gen)
+    g = torch.full((1, T, 1, 16), g_value) * (0.5 + torch.rand(1, T, 1, 16, generator=gen))
+    ref = chunk_metala_torch(q.double(), g.double(), v.double(), scale=0.25)
+    o = metala_attn(q.to(DEVICE), g.to(DEVICE), v.to(DEVICE))
+    assert rel_err(o.cpu(), ref) < TOL[torch.float32]
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_non_contiguous_inputs(backend):
+    x, _ = make_inputs(2, 20, 2, 16, 16)
+    q, g, v = (t.float().to(DEVICE).transpose(1, 2).contiguous().transpose(1, 2) for t in x.values())
+    assert not q.is_contiguous()
+    ref = naive_recurrent_metala(*(t.double() for t in (q, g, v)))
+    assert rel_err(metala_attn(q, g, v, backend=backend), ref) < TOL[torch.float32]
+
+
+def _bad(**overrides):
+    args = dict(q=torch.randn(2, 8, 2, 16), g=-torch.rand(2, 8, 2, 16), v=torch.randn(2, 8, 2, 32))
+    args.update(overrides)
+    return args
+
+
+@pytest.mark.parametrize('overrides,match', [
+    (dict(q=torch.randn(2, 8, 32)), r'q must have shape \[B, T, H, K\]'),
+    (dict(v=torch.randn(2, 9, 2, 32)), r'v must have shape \[B, T, H, V\] = \[2, 8, 2, V\]'),
+    (dict(g=-torch.rand(2, 8, 3, 16)), r'g must have the shape of q'),
+    (dict(g=torch.rand(2, 8, 2, 16)), r'g = log\(alpha\) must be <= 0'),
+    (dict(q=torch.randn(2, 8, 2, 24), g=-torch.rand(2, 8, 2, 24)), r'K=24 .* must each be one of'),
+    (dict(v=torch.randn(2, 8, 2, 32, dtype=torch.float64)), r'q and v must share one dtype'),
+    (dict(mask=torch.ones(2, 7, dtype=torch.bool)), r'mask must have shape \[B, T\] = \[2, 8\]'),
+    (dict(mask=torch.ones(2, 8)), r'mask must be a bool tensor'),
+    (dict(aug_weight=torch.zeros(16)), r'aug_weight must have shape \[H, K\] = \[2, 16\]'),
+    (dict(g_bwd=-torch.rand(2, 8, 2, 8)), r'g_bwd must have the shape of q'),
+    (dict(q=torch.randn(2, 0, 2, 16), g=-torch.rand(2, 0, 2, 16), v=torch.randn(2, 0, 2, 32)), r'at least one token'),
+])
+def test_bad_input_is_named(overrides, match):
+    args = _bad(**overrides)
+    with pytest.raises(ValueError, match=match):
+        metala_attn(args.pop('q'), args.pop('g'), args.pop('v'), **args)
+
+
+@pytest.mark.skipif(DEVICE != 'cuda', reason='needs a second device')
+def test_device_mismatch_is_named():
+    args = _bad()
+    with pytest.raises(ValueError, match=r'v is on cpu but q is on cuda'):
+        metala_attn(args['q'].cuda(), args['g'].cuda(), args['v'])
