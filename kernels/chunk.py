@@ -69,7 +69,19 @@ def _pick(x, sel):
 
 
 @triton.jit
-def _scores(q, k, lam, seen, fast, BT: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
+def _pair_log_decay(g, j, REVERSE: tl.constexpr, BT: tl.constexpr):
+    """[BT, K] log-decays between each token i and the key j, summed from the gates between them (not as a
+    difference of two long cumsums, which would lose |cumsum| * 6e-8): sum_{j<s<=i} g_s, or with REVERSE
+    sum_{i<=s<j} g_s.  Entries a direction does not see hold partial sums that the caller masks."""
+    rows = tl.arange(0, BT)
+    if REVERSE:
+        return tl.cumsum(tl.where(rows[:, None] < j, g, 0.), axis=0, reverse=True)
+    return tl.cumsum(tl.where(rows[:, None] > j, g, 0.), axis=0)
+
+
+@triton.jit
+def _scores(q, k, g, lam, seen, fast, REVERSE: tl.constexpr, BT: tl.constexpr, DT: tl.constexpr,
+            PREC: tl.constexpr):
     """A [BT, BT] with A_ij = sum_k q_ik k_jk exp(lam_ik - lam_jk) where seen[i, j], else 0."""
     if fast:
         a = tl.dot((q * tl.exp(lam)).to(DT), tl.trans((k * tl.exp(-lam)).to(DT)), input_precision=PREC)
@@ -79,14 +91,16 @@ def _scores(q, k, lam, seen, fast, BT: tl.constexpr, DT: tl.constexpr, PREC: tl.
         a = tl.zeros([BT, BT], dtype=tl.float32)
         for j in range(BT):
             sel = rows == j
-            col = tl.sum(q * _pick(k, sel)[None, :] * tl.exp(tl.minimum(lam - _pick(lam, sel)[None, :], 0.)), axis=1)
+            decay = tl.exp(tl.minimum(_pair_log_decay(g, j, REVERSE, BT), 0.))
+            col = tl.sum(q * _pick(k, sel)[None, :] * decay, axis=1)
             a = tl.where(seen & sel[None, :], col[:, None], a)
     return a
 
 
 @triton.jit
-def _scores_grad(q, k, lam, da, seen, fast, BT: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
-    """(dq, dk) [BT, K] of sum_ij da_ij A_ij for A = _scores(q, k, lam, seen)."""
+def _scores_grad(q, k, g, lam, da, seen, fast, REVERSE: tl.constexpr, BT: tl.constexpr, DT: tl.constexpr,
+                 PREC: tl.constexpr):
+    """(dq, dk) [BT, K] of sum_ij da_ij A_ij for A = _scores(q, k, g, lam, seen)."""
     da = tl.where(seen, da, 0.)
     if fast:
         dq = tl.exp(lam) * tl.dot(da.to(DT), (k * tl.exp(-lam)).to(DT), input_precision=PREC)
@@ -98,7 +112,7 @@ def _scores_grad(q, k, lam, da, seen, fast, BT: tl.constexpr, DT: tl.constexpr, 
         for j in range(BT):
             sel = rows == j
             w = tl.sum(tl.where(sel[None, :], da, 0.), axis=1)[:, None] \
-                * tl.exp(tl.minimum(lam - _pick(lam, sel)[None, :], 0.))
+                * tl.exp(tl.minimum(_pair_log_decay(g, j, REVERSE, BT), 0.))
             dq += w * _pick(k, sel)[None, :]
             dk = tl.where(sel[:, None], tl.sum(w * q, axis=0)[None, :], dk)
     return dq, dk
@@ -138,16 +152,17 @@ def _metala_fwd_kernel(q, g, gb, v, o, states, T, scale,
         acc = tl.dot((qc * qf).to(DT), s.to(DT), input_precision=PREC)
         if BIDIR:
             if SEP_GB:
-                kb, lam_b, qf_b, kf_b, decay_b = _backward_scan_gates(_load_chunk(gb, t0, T, K, H * K, BT).to(tl.float32))
+                gbc = _load_chunk(gb, t0, T, K, H * K, BT).to(tl.float32)
             else:
-                kb, lam_b, qf_b, kf_b, decay_b = _backward_scan_gates(gc)
+                gbc = gc
+            kb, lam_b, qf_b, kf_b, decay_b = _backward_scan_gates(gbc)
             fast = fast & (tl.min(decay_b) >= MIN_CHUNK_DECAY)
-            a = _scores(qc, k, lam, rows[:, None] >= rows[None, :], fast, BT, DT, PREC) \
-                + _scores(qc, kb, lam_b, rows[:, None] < rows[None, :], fast, BT, DT, PREC)
+            a = _scores(qc, k, gc, lam, rows[:, None] >= rows[None, :], fast, False, BT, DT, PREC) \
+                + _scores(qc, kb, gbc, lam_b, rows[:, None] < rows[None, :], fast, True, BT, DT, PREC)
             r = tl.load(states + n * K * V + state_offs)
             acc += tl.dot((qc * qf_b).to(DT), r.to(DT), input_precision=PREC)
         else:
-            a = _scores(qc, k, lam, rows[:, None] >= rows[None, :], fast, BT, DT, PREC)
+            a = _scores(qc, k, gc, lam, rows[:, None] >= rows[None, :], fast, False, BT, DT, PREC)
         acc += tl.dot(a.to(DT), vc, input_precision=PREC)
         _store_chunk(o, acc * scale, t0, T, V, H * V, BT)
         s = decay[:, None] * s + tl.dot(tl.trans((k * kf).to(DT)), vc, input_precision=PREC)
@@ -183,18 +198,20 @@ def _metala_bwd_kernel(q, g, gb, v, do, dq, dg, dgb, dv, T, scale,
         doc = (_load_chunk(do, t0, T, V, H * V, BT) * scale).to(DT)
         da = tl.dot(doc, tl.trans(vc), input_precision=PREC)
         k, lam, qf, kf, decay = _forward_scan_gates(gc)
-        dq_f, _ = _scores_grad(qc, k, lam, da, fwd_seen_off_diag, tl.min(decay) >= MIN_CHUNK_DECAY, BT, DT, PREC)
+        dq_f, _ = _scores_grad(qc, k, gc, lam, da, fwd_seen_off_diag, tl.min(decay) >= MIN_CHUNK_DECAY, False,
+                               BT, DT, PREC)
         dq_f += qf * tl.dot(doc, tl.trans(s.to(DT)), input_precision=PREC)
         _store_chunk(dq, dq_f, t0, T, K, H * K, BT)
         s = decay[:, None] * s + tl.dot(tl.trans((k * kf).to(DT)), vc, input_precision=PREC)
         if BIDIR:
             if SEP_GB:
-                kb, lam_b, qf_b, kf_b, decay_b = _backward_scan_gates(_load_chunk(gb, t0, T, K, H * K, BT).to(tl.float32))
+                gbc = _load_chunk(gb, t0, T, K, H * K, BT).to(tl.float32)
             else:
-                kb, lam_b, qf_b, kf_b, decay_b = _backward_scan_gates(gc)
+                gbc = gc
+            kb, lam_b, qf_b, kf_b, decay_b = _backward_scan_gates(gbc)
             fast = tl.min(decay_b) >= MIN_CHUNK_DECAY
-            a_b = _scores(qc, kb, lam_b, ~fwd_seen, fast, BT, DT, PREC)
-            _, dk_b = _scores_grad(qc, kb, lam_b, da, ~fwd_seen, fast, BT, DT, PREC)
+            a_b = _scores(qc, kb, gbc, lam_b, ~fwd_seen, fast, True, BT, DT, PREC)
+            _, dk_b = _scores_grad(qc, kb, gbc, lam_b, da, ~fwd_seen, fast, True, BT, DT, PREC)
             dk_b += kf_b * tl.dot(vc, tl.trans(dr.to(DT)), input_precision=PREC)
             dv_b = tl.dot(tl.trans(a_b.to(DT)), doc, input_precision=PREC) \
                 + tl.dot((kb * kf_b).to(DT), dr.to(DT), input_precision=PREC)
@@ -218,8 +235,8 @@ def _metala_bwd_kernel(q, g, gb, v, do, dq, dg, dgb, dv, T, scale,
         da = tl.dot(doc, tl.trans(vc), input_precision=PREC)
         k, lam, qf, kf, decay = _forward_scan_gates(gc)
         fast = tl.min(decay) >= MIN_CHUNK_DECAY
-        a_f = _scores(qc, k, lam, fwd_seen, fast, BT, DT, PREC)
-        _, dk_f = _scores_grad(qc, k, lam, da, fwd_seen_off_diag, fast, BT, DT, PREC)
+        a_f = _scores(qc, k, gc, lam, fwd_seen, fast, False, BT, DT, PREC)
+        _, dk_f = _scores_grad(qc, k, gc, lam, da, fwd_seen_off_diag, fast, False, BT, DT, PREC)
         dk_f += kf * tl.dot(vc, tl.trans(ds.to(DT)), input_precision=PREC)
         dv_t = tl.dot(tl.trans(a_f.to(DT)), doc, input_precision=PREC) \
             + tl.dot((k * kf).to(DT), ds.to(DT), input_precision=PREC)
@@ -237,7 +254,7 @@ def _metala_bwd_kernel(q, g, gb, v, do, dq, dg, dgb, dv, T, scale,
                 gbc = gc
             kb, lam_b, qf_b, kf_b, decay_b = _backward_scan_gates(gbc)
             fast = tl.min(decay_b) >= MIN_CHUNK_DECAY
-            dq_b, _ = _scores_grad(qc, kb, lam_b, da, ~fwd_seen, fast, BT, DT, PREC)
+            dq_b, _ = _scores_grad(qc, kb, gbc, lam_b, da, ~fwd_seen, fast, True, BT, DT, PREC)
             dq_b += qf_b * tl.dot(doc, tl.trans(r.to(DT)), input_precision=PREC)
             dk_b = _load_chunk(dgb, t0, T, K, H * K, BT)
             dv_t += _load_chunk(dv, t0, T, V, H * V, BT)
@@ -256,23 +273,33 @@ def _metala_bwd_kernel(q, g, gb, v, do, dq, dg, dgb, dv, T, scale,
         _store_chunk(dv, dv_t, t0, T, V, H * V, BT)
 
 
-def _launch_config(T):
-    """Chunk length: 64 tokens, shorter for short sequences (tl.dot needs 16 at least)."""
-    return min(64, max(16, triton.next_power_of_2(T)))
+def _chunk_len(T, K, V):
+    """Tokens a chunk: 64 (32 with a 128-wide head, for shared memory), fewer for short sequences
+    (tl.dot needs 16 at least)."""
+    return min(32 if max(K, V) > 64 else 64, max(16, triton.next_power_of_2(T)))
 
 
-_CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 8) for s in (1, 2)]
+# The backward kernel runs with 8 warps only: with 4 warps and 16-bit inputs, triton 3.6 on an H100 gave
+# wrong dq and dg (found by the GPU test suite; fp32 and every 8-warp config were right).
+FWD_CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 8) for s in (1, 2)]
+BWD_CONFIGS = [triton.Config({}, num_warps=8, num_stages=s) for s in (1, 2)]
 
 
-def _tuned(kernel):
-    """Autotuned on a GPU; the interpreter has no driver to tune with, so it gets the kernel as written."""
-    if INTERPRET:
-        return kernel
-    return triton.autotune(_CONFIGS, key=['T', 'H', 'K', 'V', 'BT', 'BIDIR', 'SEP_GB'])(kernel)
+def _launcher(kernel, configs):
+    """kernel[grid](...) autotuned over configs on a GPU, once per compiled variant (T is left out of the
+    key: the best launch depends on the chunk, not on the count of chunks).  The interpreter has no driver
+    to tune with, and METALA_AUTOTUNE=0 (many short test shapes) skips the tuning compiles: both run the
+    first config."""
+    if INTERPRET or os.environ.get('METALA_AUTOTUNE', '1') == '0':
+        first = configs[0]
+        return lambda grid, *args, **kw: kernel[grid](*args, num_warps=first.num_warps,
+                                                      num_stages=first.num_stages, **kw)
+    tuned = triton.autotune(configs, key=['H', 'K', 'V', 'BT', 'BIDIR', 'SEP_GB'])(kernel)
+    return lambda grid, *args, **kw: tuned[grid](*args, **kw)
 
 
-_fwd = _tuned(_metala_fwd_kernel)
-_bwd = _tuned(_metala_bwd_kernel)
+_fwd = _launcher(_metala_fwd_kernel, FWD_CONFIGS)
+_bwd = _launcher(_metala_bwd_kernel, BWD_CONFIGS)
 
 
 class ChunkMetaLAFunction(torch.autograd.Function):
@@ -282,13 +309,13 @@ class ChunkMetaLAFunction(torch.autograd.Function):
     def forward(ctx, q, g, g_bwd, v, scale, causal):
         B, T, H, K = q.shape
         V = v.shape[-1]
-        BT = _launch_config(T)
+        BT = _chunk_len(T, K, V)
         sep = g_bwd is not None and not causal
         gb = g_bwd if sep else g
         o = torch.empty_like(v)
         states = v.new_empty(B * H, triton.cdiv(T, BT) * K * V if not causal else 1, dtype=torch.float32)
         prec = 'ieee' if v.dtype == torch.float32 else 'tf32'
-        _fwd[(B * H,)](q, g, gb, v, o, states, T, scale, H=H, K=K, V=V, BT=BT,
+        _fwd((B * H,), q, g, gb, v, o, states, T, scale, H=H, K=K, V=V, BT=BT,
                        BIDIR=not causal, SEP_GB=sep, PREC=prec)
         ctx.save_for_backward(q, g, gb, v)
         ctx.scale, ctx.causal, ctx.sep, ctx.has_g_bwd, ctx.BT, ctx.prec = scale, causal, sep, g_bwd is not None, BT, prec
@@ -303,7 +330,7 @@ class ChunkMetaLAFunction(torch.autograd.Function):
         dg = torch.empty_like(dq)
         dgb = torch.empty_like(dq) if ctx.sep else dg
         dv = torch.empty(v.shape, dtype=torch.float32, device=v.device)
-        _bwd[(B * H,)](q, g, gb, v, do.contiguous(), dq, dg, dgb, dv, T, ctx.scale, H=H, K=K, V=V, BT=ctx.BT,
+        _bwd((B * H,), q, g, gb, v, do.contiguous(), dq, dg, dgb, dv, T, ctx.scale, H=H, K=K, V=V, BT=ctx.BT,
                        BIDIR=not ctx.causal, SEP_GB=ctx.sep, PREC=ctx.prec)
         dg_bwd = None
         if ctx.has_g_bwd:  # in causal mode g_bwd plays no part

@@ -50,7 +50,7 @@ def chunk_metala_torch(q, g, v, g_bwd=None, scale=1.0, causal=False, chunk_size=
     incl = g.cumsum(-2)                                       # sum of g up to and including token i of the chunk
     total = incl[..., -1, :]                                  # [B, H, N, K]
     after = _exclusive_cumsum(g, reverse=True)                # sum of g after token i: total - incl
-    i, j = torch.arange(C)[:, None], torch.arange(C)[None, :]
+    i, j = torch.arange(C, device=q.device)[:, None], torch.arange(C, device=q.device)[None, :]
     # the diagonal (decay 1) apart: through exp(incl_i - incl_i) its gate gradient would cancel inexactly
     fwd_decay = (incl[..., :, None, :] - incl[..., None, :, :]).masked_fill(~(j < i)[..., None], float('-inf')).exp()
     scores = torch.einsum('bhnik,bhnjk,bhnijk->bhnij', q, k, fwd_decay) + torch.diag_embed((q * k).sum(-1))

@@ -56,7 +56,7 @@ def naive_parallel_metala(q, g, v, *, causal=False, g_bwd=None, scale=None, mask
     incl = g.cumsum(1)                        # sum_{s<=t} g_s
     excl = g_bwd.cumsum(1) - g_bwd            # sum_{s<t} g_bwd_s
     T = q.shape[1]
-    i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    i, j = torch.arange(T, device=q.device)[:, None], torch.arange(T, device=q.device)[None, :]
     # [B, T_i, T_j, H, K] log-decays; each branch is <= 0 where it is used
     fwd = (incl[:, :, None] - incl[:, None, :]).masked_fill(~(j <= i)[None, :, :, None, None], float('-inf'))
     bwd = (excl[:, None, :] - excl[:, :, None]).masked_fill(~(j > i)[None, :, :, None, None], float('-inf'))

@@ -1,0 +1,154 @@
+"""Times MetaLA attention against its peers on one GPU, side by side, and writes benchmarks/ops.md.
+
+Peers at the same B, T, H: SDPA (FlashAttention backend, head dim 64), fla's two-pass bidirectional GLA
+(chunk_gla + chunk_gla on the flipped sequence, k = 1 - alpha given), and fla's chunk_gla for the causal
+mode.  Medians of triton.testing.do_bench.  The bytes floor is q, g, v read once and o written once over
+the measured device-to-device copy bandwidth.
+
+    python scripts/bench_ops.py [--dtype bf16] [--out benchmarks/ops.md]
+"""
+import argparse
+import datetime
+import platform
+
+import torch
+import torch.nn.functional as F
+import triton
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from metala_kernels import metala_attn
+
+SHAPES = [(256, 197, 6), (64, 1024, 6), (8, 4096, 6), (2, 16384, 6)]
+WIDTHS = [(32, 64), (64, 64)]  # (K, V): ViT-S MetaLA heads, and K = V = 64
+
+
+def bench(fn, grad_of=()):
+    return triton.testing.do_bench(fn, warmup=25, rep=100, grad_to_none=list(grad_of), return_mode='median')
+
+
+def copy_bandwidth():
+    """Bytes read + written per second of a 1 GiB device-to-device copy."""
+    src = torch.empty(2 ** 28, device='cuda')
+    dst = torch.empty_like(src)
+    return 2 * src.numel() * 4 / (bench(lambda: dst.copy_(src)) * 1e-3)
+
+
+def fwd_and_train(fn, inputs):
+    """(fwd ms, fwd+bwd ms) of fn(*inputs) -> tensor, with a fixed random output gradient."""
+    with torch.no_grad():
+        do = torch.randn_like(fn(*inputs))
+    leaves = [x for x in inputs if x.requires_grad]
+    with torch.no_grad():
+        fwd = bench(lambda: fn(*inputs))
+    train = bench(lambda: fn(*inputs).backward(do), leaves)
+    return fwd, train
+
+
+def check_against_torch_path(q, g, v, causal):
+    """Largest ||x - ref|| / ||ref|| over o, dq, dg, dv: the timed (autotuned) kernels against the
+    PyTorch path in fp32 on the same inputs.  A timing of wrong results is worthless."""
+    do = torch.randn_like(v)
+    results = []
+    for backend, dtype in (('triton', q.dtype), ('torch', torch.float32)):
+        xs = [x.detach().to(dtype).requires_grad_() for x in (q, g, v)]
+        metala_attn(*xs, causal=causal, backend=backend).backward(do.to(dtype))
+        results.append([metala_attn(*xs, causal=causal, backend=backend).detach()] + [x.grad for x in xs])
+    return max(((a.float() - b).norm() / b.norm()).item() for a, b in zip(*results))
+
+
+def metala_inputs(B, T, H, K, V, dtype):
+    q = torch.randn(B, T, H, K, device='cuda', dtype=dtype, requires_grad=True)
+    g = (F.logsigmoid(torch.randn(B, T, H, K, device='cuda')) / 16).to(dtype).requires_grad_()
+    v = torch.randn(B, T, H, V, device='cuda', dtype=dtype, requires_grad=True)
+    return q, g, v
+
+
+def fla_bidirectional(q, k, v, g):
+    from fla.ops.gla import chunk_gla
+    fwd, _ = chunk_gla(q, k, v, g)
+    bwd, _ = chunk_gla(q.flip(1), k.flip(1), v.flip(1), g.flip(1))
+    return fwd + bwd.flip(1)  # the diagonal twice: a cost-equal stand-in, timed not compared
+
+
+def fla_causal(q, k, v, g):
+    from fla.ops.gla import chunk_gla
+    return chunk_gla(q, k, v, g)[0]
+
+
+def sdpa(q, k, v):
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        return F.scaled_dot_product_attention(q, k, v)
+
+
+def run(dtype):
+    bandwidth = copy_bandwidth()
+    rows = []
+    for B, T, H in SHAPES:
+        qs = [torch.randn(B, H, T, 64, device='cuda', dtype=dtype, requires_grad=True) for _ in range(3)]
+        sdpa_fwd, sdpa_train = fwd_and_train(sdpa, qs)
+        del qs
+        for K, V in WIDTHS:
+            q, g, v = metala_inputs(B, T, H, K, V, dtype)
+            ours = fwd_and_train(lambda q, g, v: metala_attn(q, g, v), (q, g, v))
+            ours_causal = fwd_and_train(lambda q, g, v: metala_attn(q, g, v, causal=True), (q, g, v))
+            k = (1 - g.float().exp()).to(dtype).detach().requires_grad_()
+            g32 = g.float().detach().requires_grad_()
+            try:
+                fla_bi = fwd_and_train(fla_bidirectional, (q, k, v, g32))
+                fla_c = fwd_and_train(fla_causal, (q, k, v, g32))
+            except ImportError:
+                fla_bi = fla_c = (float('nan'), float('nan'))
+            err = max(check_against_torch_path(q, g, v, False), check_against_torch_path(q, g, v, True))
+            floor_ms = (q.numel() + g.numel() + 2 * v.numel()) * q.element_size() / bandwidth * 1e3
+            rows.append(dict(B=B, T=T, H=H, K=K, V=V, err=err, floor=floor_ms, ours=ours, sdpa=(sdpa_fwd, sdpa_train),
+                             fla_bi=fla_bi, causal=ours_causal, fla_causal=fla_c))
+            print(table([rows[-1]], header=not rows[:-1]), flush=True)
+            del q, g, v, k, g32
+    return bandwidth, rows
+
+
+def table(rows, header=True):
+    lines = []
+    if header:
+        lines += ['| B | T | H | K | V | max rel err | floor ms | ours fwd | SDPA fwd | fla 2-pass fwd | ours fwd+bwd | SDPA fwd+bwd '
+                  '| fla 2-pass fwd+bwd | ours/SDPA fwd | ours/SDPA fwd+bwd | fla/ours fwd+bwd | causal fwd+bwd '
+                  '| fla chunk_gla fwd+bwd | ours/fla causal |',
+                  '|' + '---|' * 19]
+    for r in rows:
+        (of, ot), (sf, st), (ff, ft), (cf, ct), (gf, gt) = r['ours'], r['sdpa'], r['fla_bi'], r['causal'], r['fla_causal']
+        lines.append(f"| {r['B']} | {r['T']} | {r['H']} | {r['K']} | {r['V']} | {r['err']:.1e} | {r['floor']:.3f} | {of:.3f} | {sf:.3f} "
+                     f"| {ff:.3f} | {ot:.3f} | {st:.3f} | {ft:.3f} | {of / sf:.2f} | {ot / st:.2f} | {ft / ot:.1f} "
+                     f"| {ct:.3f} | {gt:.3f} | {ct / gt:.2f} |")
+    return '\n'.join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--dtype', default='bf16', choices=['bf16', 'fp16', 'fp32'])
+    parser.add_argument('--out', default='benchmarks/ops.md')
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit('bench_ops.py times GPU kernels: no CUDA device is visible')
+    dtype = dict(bf16=torch.bfloat16, fp16=torch.float16, fp32=torch.float32)[args.dtype]
+    bandwidth, rows = run(dtype)
+    try:
+        import fla
+        fla_version = fla.__version__
+    except ImportError:
+        fla_version = 'not installed'
+    head = (f'# MetaLA attention vs peers ({args.dtype})\n\n'
+            f'- device: {torch.cuda.get_device_name()}; measured copy bandwidth {bandwidth / 1e12:.2f} TB/s\n'
+            f'- torch {torch.__version__}, triton {triton.__version__}, fla {fla_version}, '
+            f'python {platform.python_version()}; date {datetime.date.today()}\n'
+            f'- times are medians in ms (triton.testing.do_bench); SDPA is FlashAttention at head dim 64 and '
+            f'the same B, T, H; fla 2-pass = chunk_gla + chunk_gla on the flipped sequence; '
+            f'floor = q, g, v read once + o written once at the copy bandwidth; max rel err = o, dq, dg, dv of '
+            f'the timed kernels (both modes) against the PyTorch path in fp32\n\n')
+    text = head + table(rows) + '\n'
+    with open(args.out, 'w') as f:
+        f.write(text)
+    print(text)
+
+
+if __name__ == '__main__':
+    main()
