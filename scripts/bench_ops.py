@@ -80,8 +80,8 @@ def sdpa(q, k, v):
         return F.scaled_dot_product_attention(q, k, v)
 
 
-def run(dtype):
-    bandwidth = copy_bandwidth()
+def run(dtype, bandwidth, out_path, head):
+    """Times every shape; the file at out_path gets each row as it is measured."""
     rows = []
     for B, T, H in SHAPES:
         qs = [torch.randn(B, H, T, 64, device='cuda', dtype=dtype, requires_grad=True) for _ in range(3)]
@@ -103,8 +103,10 @@ def run(dtype):
             rows.append(dict(B=B, T=T, H=H, K=K, V=V, err=err, floor=floor_ms, ours=ours, sdpa=(sdpa_fwd, sdpa_train),
                              fla_bi=fla_bi, causal=ours_causal, fla_causal=fla_c))
             print(table([rows[-1]], header=not rows[:-1]), flush=True)
+            with open(out_path, 'w') as f:
+                f.write(head + table(rows) + '\n')
             del q, g, v, k, g32
-    return bandwidth, rows
+    return rows
 
 
 def table(rows, header=True):
@@ -130,7 +132,7 @@ def main():
     if not torch.cuda.is_available():
         raise SystemExit('bench_ops.py times GPU kernels: no CUDA device is visible')
     dtype = dict(bf16=torch.bfloat16, fp16=torch.float16, fp32=torch.float32)[args.dtype]
-    bandwidth, rows = run(dtype)
+    bandwidth = copy_bandwidth()
     try:
         import fla
         fla_version = fla.__version__
@@ -144,10 +146,8 @@ def main():
             f'the same B, T, H; fla 2-pass = chunk_gla + chunk_gla on the flipped sequence; '
             f'floor = q, g, v read once + o written once at the copy bandwidth; max rel err = o, dq, dg, dv of '
             f'the timed kernels (both modes) against the PyTorch path in fp32\n\n')
-    text = head + table(rows) + '\n'
-    with open(args.out, 'w') as f:
-        f.write(text)
-    print(text)
+    rows = run(dtype, bandwidth, args.out, head)
+    print(head + table(rows))
 
 
 if __name__ == '__main__':
