@@ -302,44 +302,69 @@ _fwd = _launcher(_metala_fwd_kernel, FWD_CONFIGS)
 _bwd = _launcher(_metala_bwd_kernel, BWD_CONFIGS)
 
 
-class ChunkMetaLAFunction(torch.autograd.Function):
-    """q, g, g_bwd: [B, T, H, K]; v: [B, T, H, V] (contiguous, g_bwd may be None) -> o: [B, T, H, V]."""
+@torch.library.custom_op('metala_kernels::chunk_fwd', mutates_args=())
+def _chunk_fwd(q: torch.Tensor, g: torch.Tensor, gb: torch.Tensor, v: torch.Tensor, scale: float, causal: bool,
+               sep: bool) -> torch.Tensor:
+    """q, g, gb: [B, T, H, K]; v: [B, T, H, V] (contiguous; gb is g unless sep) -> o: [B, T, H, V]."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    BT = _chunk_len(T, K, V)
+    o = torch.empty_like(v)
+    states = v.new_empty(B * H, triton.cdiv(T, BT) * K * V if not causal else 1, dtype=torch.float32)
+    _fwd((B * H,), q, g, gb, v, o, states, T, scale, H=H, K=K, V=V, BT=BT, BIDIR=not causal, SEP_GB=sep,
+         PREC=_precision(v))
+    return o
 
-    @staticmethod
-    def forward(ctx, q, g, g_bwd, v, scale, causal):
-        B, T, H, K = q.shape
-        V = v.shape[-1]
-        BT = _chunk_len(T, K, V)
-        sep = g_bwd is not None and not causal
-        gb = g_bwd if sep else g
-        o = torch.empty_like(v)
-        states = v.new_empty(B * H, triton.cdiv(T, BT) * K * V if not causal else 1, dtype=torch.float32)
-        prec = 'ieee' if v.dtype == torch.float32 else 'tf32'
-        _fwd((B * H,), q, g, gb, v, o, states, T, scale, H=H, K=K, V=V, BT=BT,
-                       BIDIR=not causal, SEP_GB=sep, PREC=prec)
-        ctx.save_for_backward(q, g, gb, v)
-        ctx.scale, ctx.causal, ctx.sep, ctx.has_g_bwd, ctx.BT, ctx.prec = scale, causal, sep, g_bwd is not None, BT, prec
-        return o
 
-    @staticmethod
-    def backward(ctx, do):
-        q, g, gb, v = ctx.saved_tensors
-        B, T, H, K = q.shape
-        V = v.shape[-1]
-        dq = torch.empty(q.shape, dtype=torch.float32, device=q.device)
-        dg = torch.empty_like(dq)
-        dgb = torch.empty_like(dq) if ctx.sep else dg
-        dv = torch.empty(v.shape, dtype=torch.float32, device=v.device)
-        _bwd((B * H,), q, g, gb, v, do.contiguous(), dq, dg, dgb, dv, T, ctx.scale, H=H, K=K, V=V, BT=ctx.BT,
-                       BIDIR=not ctx.causal, SEP_GB=ctx.sep, PREC=ctx.prec)
-        dg_bwd = None
-        if ctx.has_g_bwd:  # in causal mode g_bwd plays no part
-            dg_bwd = dgb.to(gb.dtype) if ctx.sep else torch.zeros_like(gb)
-        return dq.to(q.dtype), dg.to(g.dtype), dg_bwd, dv.to(v.dtype), None, None
+@torch.library.custom_op('metala_kernels::chunk_bwd', mutates_args=())
+def _chunk_bwd(q: torch.Tensor, g: torch.Tensor, gb: torch.Tensor, v: torch.Tensor, do: torch.Tensor, scale: float,
+               causal: bool, sep: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> dq, dg, dgb, dv in fp32 (dgb is empty [0] unless sep: the kernel then adds both scans' gate grads to dg)."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    dq = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+    dg = torch.empty_like(dq)
+    dgb = torch.empty_like(dq) if sep else dq.new_empty(0)
+    dv = torch.empty(v.shape, dtype=torch.float32, device=v.device)
+    _bwd((B * H,), q, g, gb, v, do.contiguous(), dq, dg, dgb if sep else dg, dv, T, scale, H=H, K=K, V=V,
+         BT=_chunk_len(T, K, V), BIDIR=not causal, SEP_GB=sep, PREC=_precision(v))
+    return dq, dg, dgb, dv
+
+
+def _precision(v):
+    return 'ieee' if v.dtype == torch.float32 else 'tf32'
+
+
+@_chunk_fwd.register_fake
+def _(q, g, gb, v, scale, causal, sep):
+    return torch.empty_like(v)
+
+
+@_chunk_bwd.register_fake
+def _(q, g, gb, v, do, scale, causal, sep):
+    dq = q.new_empty(q.shape, dtype=torch.float32)
+    return dq, torch.empty_like(dq), torch.empty_like(dq) if sep else dq.new_empty(0), \
+        v.new_empty(v.shape, dtype=torch.float32)
+
+
+def _setup_context(ctx, inputs, output):
+    q, g, gb, v, ctx.scale, ctx.causal, ctx.sep = inputs
+    ctx.save_for_backward(q, g, gb, v)
+
+
+def _backward(ctx, do):
+    q, g, gb, v = ctx.saved_tensors
+    dq, dg, dgb, dv = _chunk_bwd(q, g, gb, v, do, ctx.scale, ctx.causal, ctx.sep)
+    dgb = dgb.to(gb.dtype) if ctx.sep else None
+    return dq.to(q.dtype), dg.to(g.dtype), dgb, dv.to(v.dtype), None, None, None
+
+
+_chunk_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def chunk_metala(q, g, v, g_bwd=None, scale=1.0, causal=False):
-    """Triton MetaLA attention core (no mask, no self-augmentation): scale * sum_j (q_i . k_j D_ij) v_j."""
+    """Triton MetaLA attention core (no mask, no self-augmentation): scale * sum_j (q_i . k_j D_ij) v_j.
+    A torch custom op (metala_kernels::chunk_fwd): torch.compile keeps it whole."""
+    sep = g_bwd is not None and not causal
     q, g, v = q.contiguous(), g.contiguous(), v.contiguous()
-    g_bwd = g_bwd.contiguous() if g_bwd is not None else None
-    return ChunkMetaLAFunction.apply(q, g, g_bwd, v, scale, causal)
+    return _chunk_fwd(q, g, g_bwd.contiguous() if sep else g, v, float(scale), causal, sep)

@@ -178,6 +178,18 @@ def test_non_contiguous_inputs(backend):
     assert rel_err(metala_attn(q, g, v, backend=backend), ref) < TOL[torch.float32]
 
 
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('causal', [False, True])
+def test_torch_compile_fullgraph(backend, causal):
+    """torch.compile keeps the operator in one graph (the Triton kernels are a custom op) and matches eager."""
+    x, mask = make_inputs(2, 21, 2, 16, 32, sep=not causal, masked=True, aug=True, seed=3)
+    do = torch.randn(2, 21, 2, 32, dtype=torch.float64)
+    eager = run(x, mask, torch.float32, do, causal=causal, backend=backend)
+    fn = torch.compile(metala_attn, backend='aot_eager', fullgraph=True)
+    compiled = run(x, mask, torch.float32, do, fn=fn, causal=causal, backend=backend)
+    assert_close(compiled, eager, 1e-5)
+
+
 def _bad(**overrides):
     args = dict(q=torch.randn(2, 8, 2, 16), g=-torch.rand(2, 8, 2, 16), v=torch.randn(2, 8, 2, 32))
     args.update(overrides)
