@@ -1,0 +1,113 @@
+"""MetaLA token mixer (Chou et al., "MetaLA: Unified Optimal Linear Approximation to Softmax Attention Map",
+NeurIPS 2024), as released, with a 2-D short convolution for images.
+
+    x      = silu(short_conv(x))                          short conv: depthwise 3x3 on the patch grid (images),
+                                                          3-tap 1-D (sequences) or causal 4-tap 1-D (language)
+    q      = x Wq                  [B, N, H, K]           K = D/2: no key projection ...
+    log a  = logsigmoid(x Wa) / 16 [B, N, H, K]           ... the key is k = 1 - a (inside metala_attn)
+    v      = x Wv                  [B, N, H, D]
+    o      = metala_attn(q, log a, v) + sigmoid((q . (k * w_aug)) v)      self-augmentation, w_aug = 0 at init
+    y      = Wo (silu(x Wg + b) * LayerNorm_D(o))         LayerNorm per head, no affine
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metala_kernels import metala_attn
+
+SHORT_CONVS = ('2d', '1d', 'causal', 'none')
+
+
+class ShortConv(nn.Module):
+    """Depthwise short convolution + SiLU on tokens [B, N, C].
+
+    '2d': k x k on the patch grid (tokens after `num_prefix` leading ones are row-major [gh, gw]; the prefix tokens,
+    e.g. a class token, only pass through SiLU). '1d': k taps centred. 'causal': k taps on the past (k - 1 left pad).
+    'none': SiLU only.  Padded tokens (mask False) are zeroed first so they reach no real token.
+    """
+
+    def __init__(self, dim, kind='2d', kernel_size=3):
+        super().__init__()
+        if kind not in SHORT_CONVS:
+            raise ValueError(f'short_conv must be one of {SHORT_CONVS}, got {kind!r}')
+        self.kind, self.kernel_size = kind, kernel_size
+        if kind == '2d':
+            self.conv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=False)
+        elif kind in ('1d', 'causal'):
+            self.conv = nn.Conv1d(dim, dim, kernel_size, groups=dim, bias=False)
+        else:
+            self.conv = None
+
+    def forward(self, x, grid_size=None, num_prefix=0, mask=None):
+        if mask is not None:
+            x = x * mask[..., None].to(x.dtype)
+        if self.kind == '2d':
+            if grid_size is None:
+                raise ValueError("short_conv='2d' needs grid_size=(gh, gw) of the patch grid")
+            prefix, x = x[:, :num_prefix], x[:, num_prefix:]
+            B, N, C = x.shape
+            gh, gw = grid_size
+            if gh * gw != N:
+                raise ValueError(f'grid_size {tuple(grid_size)} does not match {N} patch tokens')
+            x = self.conv(x.transpose(1, 2).reshape(B, C, gh, gw)).flatten(2).transpose(1, 2)
+            x = torch.cat([prefix, x], dim=1)
+        elif self.conv is not None:
+            left = self.kernel_size - 1 if self.kind == 'causal' else (self.kernel_size - 1) // 2
+            right = self.kernel_size - 1 - left
+            x = self.conv(F.pad(x.transpose(1, 2), (left, right))).transpose(1, 2)
+        return F.silu(x)
+
+
+class MetaLAMixer(nn.Module):
+    """MetaLA attention over tokens: x [B, N, dim] -> [B, N, dim].
+
+    dim = num_heads * head_dim; query/key-gate width head_dim // 2 per head (head_dim // 2 must be one of 16, 32, 64,
+    128, and so must head_dim). causal=False scans both directions (images, LRA); separate_bwd_gates gives the
+    backward scan its own gate projection. gate_norm is the 16 of log a = logsigmoid(.) / 16.
+    """
+
+    def __init__(self, dim, num_heads, *, short_conv='2d', conv_size=None, causal=False, separate_bwd_gates=False,
+                 gate_norm=16.0, self_aug=True, norm_eps=1e-5, proj_drop=0.0, backend='auto'):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f'dim={dim} must be divisible by num_heads={num_heads}')
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.key_dim = self.head_dim // 2
+        self.causal, self.gate_norm, self.backend = causal, gate_norm, backend
+        conv_size = conv_size or (4 if short_conv == 'causal' else 3)
+        self.short_conv = ShortConv(dim, short_conv, conv_size)
+        self.q_proj = nn.Linear(dim, dim // 2, bias=False)
+        self.gate_proj = nn.Linear(dim, dim // 2, bias=False)
+        self.gate_bwd_proj = nn.Linear(dim, dim // 2, bias=False) if separate_bwd_gates and not causal else None
+        self.v_proj = nn.Linear(dim, dim, bias=False)
+        self.out_gate_proj = nn.Linear(dim, dim, bias=True)
+        self.aug_weight = nn.Parameter(torch.zeros(num_heads, self.key_dim)) if self_aug else None
+        self.head_norm = nn.LayerNorm(self.head_dim, eps=norm_eps, elementwise_affine=False)
+        self.out_proj = nn.Linear(dim, dim, bias=False)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def log_decay(self, x, proj):
+        """log a = logsigmoid(x W) / gate_norm in fp32: [B, N, H, K]."""
+        return F.logsigmoid(proj(x).float()).div(self.gate_norm).unflatten(-1, (self.num_heads, self.key_dim))
+
+    def project(self, x):
+        """Short-convolved tokens [B, N, dim] -> q, log a, log a of the backward scan (or None): [B, N, H, K];
+        v: [B, N, H, D]; output gate: [B, N, dim]."""
+        q = self.q_proj(x).unflatten(-1, (self.num_heads, self.key_dim))
+        g = self.log_decay(x, self.gate_proj)
+        g_bwd = self.log_decay(x, self.gate_bwd_proj) if self.gate_bwd_proj is not None else None
+        v = self.v_proj(x).unflatten(-1, (self.num_heads, self.head_dim))
+        return q, g, g_bwd, v, self.out_gate_proj(x)
+
+    def readout(self, o, out_gate):
+        """Attention output o [B, N, H, D] and output gate [B, N, dim] -> y [B, N, dim]."""
+        o = self.head_norm(o).flatten(2)
+        return self.proj_drop(self.out_proj(F.silu(out_gate) * o))
+
+    def forward(self, x, grid_size=None, num_prefix=0, mask=None):
+        """x: [B, N, dim]; grid_size (gh, gw) of the patch tokens for the 2-D conv; mask [B, N] bool, True = real."""
+        x = self.short_conv(x, grid_size, num_prefix, mask)
+        q, g, g_bwd, v, out_gate = self.project(x)
+        o = metala_attn(q, g, v, causal=self.causal, g_bwd=g_bwd, mask=mask, aug_weight=self.aug_weight,
+                        backend=self.backend)
+        return self.readout(o, out_gate)
