@@ -2,13 +2,13 @@
 chunked PyTorch path elsewhere."""
 import torch
 
-from .chunk_torch import chunk_metala_torch, key_from_gate
+from .chunk_torch import chunk_metala_torch, readout_torch, self_augmentation
 
 SUPPORTED_DIMS = (16, 32, 64, 128)
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def _check(q, g, v, g_bwd, mask, aug_weight):
+def _check(q, g, v, g_bwd, mask, aug_weight, check_gates):
     for name, x in (('q', q), ('g', g), ('v', v), ('g_bwd', g_bwd), ('aug_weight', aug_weight)):
         if x is not None and not isinstance(x, torch.Tensor):
             raise TypeError(f'{name} must be a torch.Tensor, got {type(x).__name__}')
@@ -41,12 +41,13 @@ def _check(q, g, v, g_bwd, mask, aug_weight):
         if x is not None and x.device != q.device:
             raise ValueError(f'{name} is on {x.device} but q is on {q.device}: all inputs must share a device')
     for name, x in (('g', g), ('g_bwd', g_bwd)):
-        if x is not None and not torch.compiler.is_compiling() and bool((x > 0).any()):
+        if x is not None and check_gates and not torch.compiler.is_compiling() and bool((x > 0).any()):
             raise ValueError(f'{name} = log(alpha) must be <= 0 everywhere (alpha in (0, 1]); '
                              f'max is {x.max().item():.3g}')
 
 
-def metala_attn(q, g, v, *, causal=False, g_bwd=None, scale=None, mask=None, aug_weight=None, backend='auto'):
+def metala_attn(q, g, v, *, causal=False, g_bwd=None, scale=None, mask=None, aug_weight=None, backend='auto',
+                check_gates=True):
     """MetaLA attention.  q, g = log(alpha) <= 0: [B, T, H, K]; v: [B, T, H, V] -> o: [B, T, H, V] in q's dtype.
 
     The key is k = 1 - exp(g).  causal: o_t = scale q_t S_t with S_t = diag(alpha_t) S_{t-1} + k_t^T v_t.
@@ -55,8 +56,9 @@ def metala_attn(q, g, v, *, causal=False, g_bwd=None, scale=None, mask=None, aug
     scale defaults to K ** -0.5.  mask [B, T] (True = real token): pads neither write nor decay and output 0.
     aug_weight [H, K] adds the self-augmentation sigmoid((q_t . (k_t * w)) v_t).
     backend: 'auto' (Triton on CUDA, PyTorch elsewhere), 'triton' or 'torch'.
+    check_gates: raise if g > 0 anywhere (on CUDA a host sync; callers whose g = logsigmoid(.) may skip it).
     """
-    _check(q, g, v, g_bwd, mask, aug_weight)
+    _check(q, g, v, g_bwd, mask, aug_weight, check_gates)
     if backend not in ('auto', 'triton', 'torch'):
         raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
     if backend == 'auto':
@@ -74,8 +76,32 @@ def metala_attn(q, g, v, *, causal=False, g_bwd=None, scale=None, mask=None, aug
     else:
         o = chunk_metala_torch(q, g, v, g_bwd=g_bwd, scale=scale, causal=causal)
     if aug_weight is not None:
-        k = key_from_gate(g.float())
-        o = o + torch.sigmoid((q * k * aug_weight).sum(-1, keepdim=True) * v.float()).to(o.dtype)
+        o = o + self_augmentation(q, g, v, aug_weight)
     if mask is not None:
         o = o * mask[:, :, None, None]
     return o
+
+
+def metala_readout(o, q, g, v, gate, aug_weight=None, eps=1e-5, backend='auto'):
+    """y = silu(gate) * LayerNorm_V(o + sigmoid((q . ((1 - e^g) * w)) v)) per token and head -> [B, T, H, V] in o's
+    dtype.  o, v, gate: [B, T, H, V]; q, g: [B, T, H, K]; aug_weight w: [H, K] or None (no self-augmentation).
+    backend: 'auto' (Triton on CUDA, PyTorch elsewhere), 'triton' or 'torch'."""
+    B, T, H, V = o.shape
+    for name, x, shape in (('q', q, (B, T, H, q.shape[-1])), ('g', g, q.shape), ('v', v, o.shape),
+                           ('gate', gate, o.shape)):
+        if tuple(x.shape) != tuple(shape):
+            raise ValueError(f'{name} must have shape {list(shape)} (o is [B, T, H, V] = {list(o.shape)}), '
+                             f'got {tuple(x.shape)}')
+    if aug_weight is not None and tuple(aug_weight.shape) != (H, q.shape[-1]):
+        raise ValueError(f'aug_weight must have shape [H, K] = [{H}, {q.shape[-1]}], got {tuple(aug_weight.shape)}')
+    if q.shape[-1] not in SUPPORTED_DIMS or V not in SUPPORTED_DIMS:
+        raise ValueError(f'head dims K={q.shape[-1]} (q, g) and V={V} (o) must each be one of {SUPPORTED_DIMS}')
+    if backend == 'auto':
+        backend = 'triton' if o.is_cuda else 'torch'
+    if backend == 'torch':
+        return readout_torch(o, q, g, v, gate, aug_weight, eps)
+    from .readout import _readout_fwd
+    has_aug = aug_weight is not None
+    w = aug_weight if has_aug else o.new_empty(0)
+    return _readout_fwd(o.contiguous(), q.contiguous(), g.contiguous(), v.contiguous(), gate.contiguous(), w, eps,
+                        has_aug)

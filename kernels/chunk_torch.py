@@ -21,6 +21,21 @@ def key_from_gate(g):
     return torch.where(g > -0.1, -torch.expm1(g), 1 - g.exp())
 
 
+def self_augmentation(q, g, v, aug_weight):
+    """MetaLA's self-augmentation sigmoid((q . (k * w)) v), k = 1 - e^g: q, g [B, T, H, K], v [B, T, H, V], w [H, K]
+    -> [B, T, H, V] in v's dtype (the per-token weight [B, T, H, 1] summed in fp32 at least)."""
+    acc = torch.promote_types(q.dtype, torch.float32)
+    weight = (q.to(acc) * key_from_gate(g.to(acc)) * aug_weight).sum(-1, keepdim=True)
+    return torch.sigmoid(weight.to(v.dtype) * v)
+
+
+def readout_torch(o, q, g, v, gate, aug_weight=None, eps=1e-5):
+    """silu(gate) * LayerNorm_V(o + self-augmentation) in PyTorch: o, v, gate [B, T, H, V]; q, g [B, T, H, K]."""
+    if aug_weight is not None:
+        o = o + self_augmentation(q, g, v, aug_weight)
+    return F.silu(gate) * F.layer_norm(o, o.shape[-1:], eps=eps)
+
+
 def _exclusive_cumsum(x, reverse=False):
     """Sum over the tokens strictly before (after, if reverse) each token of the chunk: [..., C, K].  Built by
     shifting, not as cumsum - x, so a token's own gate never enters and leaves it (inexactly, in autograd)."""

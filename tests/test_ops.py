@@ -8,7 +8,8 @@ import os
 import pytest
 import torch
 
-from metala_kernels import chunk_metala_torch, metala_attn, naive_parallel_metala, naive_recurrent_metala
+from metala_kernels import chunk_metala_torch, metala_attn, metala_readout, naive_parallel_metala, naive_recurrent_metala
+from metala_kernels.chunk_torch import readout_torch
 
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 TRITON_OK = DEVICE == 'cuda' or os.environ.get('TRITON_INTERPRET') == '1'
@@ -188,6 +189,40 @@ def test_torch_compile_fullgraph(backend, causal):
     fn = torch.compile(metala_attn, backend='aot_eager', fullgraph=True)
     compiled = run(x, mask, torch.float32, do, fn=fn, causal=causal, backend=backend)
     assert_close(compiled, eager, 1e-5)
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('aug', [True, False])
+@pytest.mark.parametrize('K,V', [(32, 64), (16, 128)])
+def test_readout_matches_float64(backend, aug, K, V):
+    """y = silu(gate) * LayerNorm(o + aug): fused kernel (and torch path) vs float64, gradients included."""
+    gen = torch.Generator().manual_seed(K + V + aug)
+    B, T, H = 2, 37, 3  # 37 * 2 rows: the last row block is partial
+    x = dict(o=torch.randn(B, T, H, V, generator=gen), q=torch.randn(B, T, H, K, generator=gen),
+             g=-torch.rand(B, T, H, K, generator=gen) * 3, v=torch.randn(B, T, H, V, generator=gen),
+             gate=torch.randn(B, T, H, V, generator=gen) * 2)
+    if aug:
+        x['w'] = torch.randn(H, K, generator=gen)
+    dy = torch.randn(B, T, H, V, generator=gen, dtype=torch.float64)
+
+    def grads(fn, dtype):
+        leaves = {n: t.to(DEVICE, dtype, copy=True).requires_grad_() for n, t in x.items()}
+        y = fn(leaves['o'], leaves['q'], leaves['g'], leaves['v'], leaves['gate'], leaves.get('w'))
+        y.backward(dy.to(DEVICE, dtype))
+        return {'y': y, **{'d' + n: t.grad for n, t in leaves.items() if t.grad is not None}}
+
+    ref = grads(readout_torch, torch.float64)
+    out = grads(lambda *a: metala_readout(*a, backend=backend), torch.float32)
+    assert set(out) == set(ref) == {'y', 'do', 'dgate'} | ({'dq', 'dg', 'dv', 'dw'} if aug else set())
+    assert_close(out, ref, 1e-5)
+
+
+def test_readout_bad_shapes_are_named():
+    o, q = torch.randn(1, 4, 2, 32), torch.randn(1, 4, 2, 16)
+    with pytest.raises(ValueError, match='gate must have shape'):
+        metala_readout(o, q, -q.abs(), o, torch.randn(1, 4, 2, 16))
+    with pytest.raises(ValueError, match=r'aug_weight must have shape \[H, K\]'):
+        metala_readout(o, q, -q.abs(), o, o, torch.randn(2, 32))
 
 
 def _bad(**overrides):
