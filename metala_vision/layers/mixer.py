@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metala_kernels import metala_attn
+from metala_kernels import metala_attn, metala_readout
 
 SHORT_CONVS = ('2d', '1d', 'causal', 'none')
 
@@ -49,7 +49,8 @@ class ShortConv(nn.Module):
             gh, gw = grid_size
             if gh * gw != N:
                 raise ValueError(f'grid_size {tuple(grid_size)} does not match {N} patch tokens')
-            x = self.conv(x.transpose(1, 2).reshape(B, C, gh, gw)).flatten(2).transpose(1, 2)
+            # [B, gh, gw, C] seen as NCHW in channels_last memory: no copies around the convolution
+            x = self.conv(x.reshape(B, gh, gw, C).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(B, N, C)
             x = torch.cat([prefix, x], dim=1)
         elif self.conv is not None:
             left = self.kernel_size - 1 if self.kind == 'causal' else (self.kernel_size - 1) // 2
@@ -82,7 +83,7 @@ class MetaLAMixer(nn.Module):
         self.v_proj = nn.Linear(dim, dim, bias=False)
         self.out_gate_proj = nn.Linear(dim, dim, bias=True)
         self.aug_weight = nn.Parameter(torch.zeros(num_heads, self.key_dim)) if self_aug else None
-        self.head_norm = nn.LayerNorm(self.head_dim, eps=norm_eps, elementwise_affine=False)
+        self.norm_eps = norm_eps  # of the LayerNorm per head (no affine), fused into the readout
         self.out_proj = nn.Linear(dim, dim, bias=False)
         self.proj_drop = nn.Dropout(proj_drop)
 
@@ -99,15 +100,18 @@ class MetaLAMixer(nn.Module):
         v = self.v_proj(x).unflatten(-1, (self.num_heads, self.head_dim))
         return q, g, g_bwd, v, self.out_gate_proj(x)
 
-    def readout(self, o, out_gate):
-        """Attention output o [B, N, H, D] and output gate [B, N, dim] -> y [B, N, dim]."""
-        o = self.head_norm(o).flatten(2)
-        return self.proj_drop(self.out_proj(F.silu(out_gate) * o))
+    def readout(self, o, q, g, v, out_gate):
+        """Attention core output o [B, N, H, D] (q, g, v as from project) -> y [B, N, dim]: self-augmentation,
+        LayerNorm per head and the output gate in one fused kernel on CUDA, then the output projection."""
+        y = metala_readout(o, q, g, v, out_gate.unflatten(-1, (self.num_heads, self.head_dim)), self.aug_weight,
+                           self.norm_eps, backend=self.backend)
+        return self.proj_drop(self.out_proj(y.flatten(2)))
 
     def forward(self, x, grid_size=None, num_prefix=0, mask=None):
         """x: [B, N, dim]; grid_size (gh, gw) of the patch tokens for the 2-D conv; mask [B, N] bool, True = real."""
         x = self.short_conv(x, grid_size, num_prefix, mask)
         q, g, g_bwd, v, out_gate = self.project(x)
-        o = metala_attn(q, g, v, causal=self.causal, g_bwd=g_bwd, mask=mask, aug_weight=self.aug_weight,
-                        backend=self.backend)
-        return self.readout(o, out_gate)
+        o = metala_attn(q, g, v, causal=self.causal, g_bwd=g_bwd, mask=mask, backend=self.backend,
+                        check_gates=False)  # logsigmoid: g <= 0 by construction
+        y = self.readout(o, q, g, v, out_gate)
+        return y if mask is None else y * mask[..., None].to(y.dtype)
