@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# One GPU session: the operator tests on CUDA (compiled Triton kernels), then the benchmark.
-# Wheels missing on the GPU machine (fla) may be carried in .whl/.  Results go to ${OUT:-benchmarks}.
+# One GPU session: the tests on CUDA (compiled Triton kernels), then the benchmarks named as arguments
+# (ops, models; default both).  Wheels missing on the GPU machine (fla) may be carried in .whl/.
+# Results go to ${OUT:-benchmarks}.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks}
+BENCHES=${*:-ops models}
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 fi
 mkdir -p /tmp/pkgs && ln -sfn "$PWD/kernels" /tmp/pkgs/metala_kernels
 export PYTHONPATH=/tmp/site:/tmp/pkgs:$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-METALA_AUTOTUNE=0 timeout 300 python3 -m pytest tests/test_ops.py -q -p no:cacheprovider -n 8 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
-python3 scripts/bench_ops.py --out "$OUT/ops.md" 2>&1 | tee "$OUT/bench_ops.log"
+python3 -c "import torch, triton, timm; print('torch', torch.__version__, 'triton', triton.__version__, 'timm', timm.__version__)"
+METALA_AUTOTUNE=0 timeout 400 python3 -m pytest tests/test_ops.py tests/test_models.py -q -p no:cacheprovider -n 8 \
+  2>&1 | tee "$OUT/gpu_tests.log" | tail -25
+for bench in $BENCHES; do
+  python3 "scripts/bench_$bench.py" --out "$OUT/$bench.md" 2>&1 | tee "$OUT/bench_$bench.log"
+done
