@@ -1,4 +1,5 @@
-"""Layers: the MetaLA token mixer and its short convolution."""
+"""Layers: the MetaLA token mixer, its short convolution, and the pre-norm block."""
+from .block import MLP_LAYERS, MetaLABlock
 from .mixer import MetaLAMixer, ShortConv
 
-__all__ = ['MetaLAMixer', 'ShortConv']
+__all__ = ['MLP_LAYERS', 'MetaLABlock', 'MetaLAMixer', 'ShortConv']

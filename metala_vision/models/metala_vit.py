@@ -6,49 +6,22 @@ embedding and takes any image size divisible by the patch (pos_embed=True adds a
 
 Widths and depths follow DeiT (T: 192 / 3 heads, S: 384 / 6, B: 768 / 12; depth 12; patch 16).
 """
-from functools import partial
 from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, LayerScale, Mlp, PatchEmbed, SwiGLU, resample_abs_pos_embed, \
-    resample_patch_embed, trunc_normal_
+from timm.layers import PatchEmbed, resample_abs_pos_embed, resample_patch_embed, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 
-from metala_vision.layers import MetaLAMixer
+from metala_vision.layers import MetaLABlock
 
 __all__ = ['MetaLAViT']
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-MLP_LAYERS = {'gelu': Mlp, 'swiglu': partial(SwiGLU, norm_layer=None)}
-
-
-class MetaLABlock(nn.Module):
-    """Pre-norm block: x + MetaLA(norm(x)), then x + MLP(norm(x)); x: [B, N, dim]."""
-
-    def __init__(self, dim, num_heads, mlp_ratio=4.0, mlp_layer='gelu', drop_path=0.0, init_values=None,
-                 proj_drop=0.0, norm_layer=nn.LayerNorm, **mixer_kwargs):
-        super().__init__()
-        if mlp_layer not in MLP_LAYERS:
-            raise ValueError(f'mlp_layer must be one of {list(MLP_LAYERS)}, got {mlp_layer!r}')
-        self.norm1 = norm_layer(dim)
-        self.attn = MetaLAMixer(dim, num_heads, proj_drop=proj_drop, **mixer_kwargs)
-        self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
-        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = norm_layer(dim)
-        # SwiGLU keeps the parameter count of the GELU MLP: hidden = 2/3 of mlp_ratio * dim
-        hidden = int(dim * mlp_ratio * (2 / 3 if mlp_layer == 'swiglu' else 1))
-        self.mlp = MLP_LAYERS[mlp_layer](in_features=dim, hidden_features=hidden, drop=proj_drop)
-        self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
-        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-
-    def forward(self, x, grid_size: Tuple[int, int], num_prefix: int = 0):
-        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), grid_size, num_prefix)))
-        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 
 class MetaLAViT(nn.Module):

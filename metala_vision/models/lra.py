@@ -1,0 +1,76 @@
+"""LRAClassifier: MetaLA blocks over 1-D token sequences for the Long Range Arena tasks.
+
+Tokens (ListOps symbols, text bytes or pixels, as metala_vision.data.lra produces them) -> embedding -> pre-norm
+MetaLA blocks (bidirectional scan, centred 3-tap short conv: no 2-D prior on the pixel tasks, as LRA requires)
+-> LayerNorm -> masked mean over the real tokens -> classifier.  Padded tokens reach no real token: the mixer
+zeroes them before its convolution and the scan neither writes nor decays at them.  Retrieval (paired=True)
+encodes both documents with the same encoder and classifies [u, v, u * v, u - v].
+"""
+import torch
+from torch import nn
+
+from metala_vision.layers import MetaLABlock
+
+
+class LRAClassifier(nn.Module):
+    """ids [B, T] (+ mask [B, T], True = real token) -> logits [B, num_classes];
+    with paired=True: forward(ids1, mask1, ids2, mask2)."""
+
+    def __init__(self, vocab_size, num_classes, max_len, dim=128, depth=4, num_heads=None, mlp_ratio=2.0,
+                 mlp_layer='gelu', pos_embed=False, drop_rate=0.0, drop_path_rate=0.0, separate_bwd_gates=False,
+                 paired=False, backend='auto'):
+        super().__init__()
+        num_heads = num_heads or max(1, dim // 64)
+        self.paired, self.max_len = paired, max_len
+        self.embed = nn.Embedding(vocab_size, dim)
+        self.pos_embed = nn.Parameter(torch.randn(1, max_len, dim) * .02) if pos_embed else None
+        self.embed_drop = nn.Dropout(drop_rate)
+        drop_path = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.ModuleList([
+            MetaLABlock(dim, num_heads, mlp_ratio, mlp_layer, drop_path[i], proj_drop=drop_rate, short_conv='1d',
+                        separate_bwd_gates=separate_bwd_gates, backend=backend)
+            for i in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        features = 4 * dim if paired else dim
+        self.head = nn.Sequential(nn.Linear(features, dim), nn.GELU(), nn.Dropout(drop_rate),
+                                  nn.Linear(dim, num_classes)) if paired else nn.Linear(dim, num_classes)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=.02)
+
+    def no_weight_decay(self):
+        return {'pos_embed'} | {n for n, _ in self.named_parameters() if n.endswith('.aug_weight')}
+
+    def encode(self, ids, mask=None):
+        """ids [B, T] -> pooled features [B, dim]: the mean over real tokens."""
+        B, T = ids.shape
+        if T > self.max_len:
+            raise ValueError(f'ids has {T} tokens, more than max_len={self.max_len}')
+        if mask is not None and tuple(mask.shape) != (B, T):
+            raise ValueError(f'mask must have the shape of ids [B, T] = [{B}, {T}], got {tuple(mask.shape)}')
+        x = self.embed(ids)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed[:, :T]
+        x = self.embed_drop(x)
+        for blk in self.blocks:
+            x = blk(x, mask=mask)
+        x = self.norm(x)
+        if mask is None:
+            return x.mean(1)
+        weights = mask[..., None].to(x.dtype)
+        return (x * weights).sum(1) / weights.sum(1).clamp_min(1)
+
+    def forward(self, ids, mask=None, ids2=None, mask2=None):
+        if not self.paired:
+            return self.head(self.encode(ids, mask))
+        if ids2 is None:
+            raise ValueError('a paired (retrieval) classifier takes two sequences: forward(ids1, mask1, ids2, mask2)')
+        u, v = self.encode(ids, mask), self.encode(ids2, mask2)
+        return self.head(torch.cat([u, v, u * v, u - v], dim=-1))
