@@ -23,26 +23,42 @@ def _rows(row0, n_rows, BM: tl.constexpr):
 
 
 @triton.jit
+def _normalised(o, q, g, v, w, at_v, at_k, live, h, eps, K: tl.constexpr, V: tl.constexpr, HAS_AUG: tl.constexpr,
+                BM: tl.constexpr):
+    """For BM rows: n = LayerNorm(o + sigmoid(s v)) [BM, V] with s = q . (k * w), and what the backward needs:
+    rstd [BM], s [BM], sigmoid(s v), v [BM, V], q, g, k [BM, K], w [K] (the augmentation terms 0 without HAS_AUG)."""
+    a = tl.load(o + at_v, mask=live[:, None], other=0.).to(tl.float32)
+    if HAS_AUG:
+        qk = tl.load(q + at_k, mask=live[:, None], other=0.).to(tl.float32)
+        gk = tl.load(g + at_k, mask=live[:, None], other=0.).to(tl.float32)
+        kk = _key(gk)
+        wk = tl.load(w + h * K + tl.arange(0, K)).to(tl.float32)
+        s = tl.sum(qk * kk * wk[None, :], axis=1)
+        vv = tl.load(v + at_v, mask=live[:, None], other=0.).to(tl.float32)
+        sig = tl.sigmoid(s[:, None] * vv)
+        a += sig
+    else:
+        qk = tl.zeros([BM, K], dtype=tl.float32)
+        gk = tl.zeros([BM, K], dtype=tl.float32)
+        kk = tl.zeros([BM, K], dtype=tl.float32)
+        wk = tl.zeros([K], dtype=tl.float32)
+        s = tl.zeros([BM], dtype=tl.float32)
+        vv = tl.zeros([BM, V], dtype=tl.float32)
+        sig = tl.zeros([BM, V], dtype=tl.float32)
+    a -= (tl.sum(a, axis=1) / V)[:, None]
+    rstd = tl.rsqrt(tl.sum(a * a, axis=1) / V + eps)
+    return a * rstd[:, None], rstd, s, sig, vv, qk, gk, kk, wk
+
+
+@triton.jit
 def _readout_fwd_kernel(o, q, g, v, gate, w, y, n_rows, eps, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                         HAS_AUG: tl.constexpr, BM: tl.constexpr):
     """Program (row block, head h): BM tokens of head h."""
     h = tl.program_id(1)
     rows, live = _rows(tl.program_id(0) * BM, n_rows, BM)
-    cv = tl.arange(0, V)
-    at_v = (rows[:, None] * H + h) * V + cv[None, :]
-    a = tl.load(o + at_v, mask=live[:, None], other=0.).to(tl.float32)
-    if HAS_AUG:
-        ck = tl.arange(0, K)
-        at_k = (rows[:, None] * H + h) * K + ck[None, :]
-        qk = tl.load(q + at_k, mask=live[:, None], other=0.).to(tl.float32)
-        gk = tl.load(g + at_k, mask=live[:, None], other=0.).to(tl.float32)
-        wk = tl.load(w + h * K + ck).to(tl.float32)
-        s = tl.sum(qk * _key(gk) * wk[None, :], axis=1)
-        vv = tl.load(v + at_v, mask=live[:, None], other=0.).to(tl.float32)
-        a += tl.sigmoid(s[:, None] * vv)
-    mean = tl.sum(a, axis=1) / V
-    a -= mean[:, None]
-    n = a * tl.rsqrt(tl.sum(a * a, axis=1) / V + eps)[:, None]
+    at_v = (rows[:, None] * H + h) * V + tl.arange(0, V)[None, :]
+    at_k = (rows[:, None] * H + h) * K + tl.arange(0, K)[None, :]
+    n, _, _, _, _, _, _, _, _ = _normalised(o, q, g, v, w, at_v, at_k, live, h, eps, K, V, HAS_AUG, BM)
     z = tl.load(gate + at_v, mask=live[:, None], other=0.).to(tl.float32)
     tl.store(y + at_v, (z * tl.sigmoid(z) * n).to(y.dtype.element_ty), mask=live[:, None])
 
@@ -53,24 +69,9 @@ def _readout_bwd_kernel(o, q, g, v, gate, w, dy, do, dq, dg, dv, dgate, dw_part,
     """Gradients of BM tokens of head h; dw_part[row block, h] = this block's share of dw[h]."""
     h = tl.program_id(1)
     rows, live = _rows(tl.program_id(0) * BM, n_rows, BM)
-    cv = tl.arange(0, V)
-    at_v = (rows[:, None] * H + h) * V + cv[None, :]
-    a = tl.load(o + at_v, mask=live[:, None], other=0.).to(tl.float32)
-    if HAS_AUG:
-        ck = tl.arange(0, K)
-        at_k = (rows[:, None] * H + h) * K + ck[None, :]
-        qk = tl.load(q + at_k, mask=live[:, None], other=0.).to(tl.float32)
-        gk = tl.load(g + at_k, mask=live[:, None], other=0.).to(tl.float32)
-        wk = tl.load(w + h * K + ck).to(tl.float32)
-        kk = _key(gk)
-        s = tl.sum(qk * kk * wk[None, :], axis=1)
-        vv = tl.load(v + at_v, mask=live[:, None], other=0.).to(tl.float32)
-        sig = tl.sigmoid(s[:, None] * vv)
-        a += sig
-    mean = tl.sum(a, axis=1) / V
-    a -= mean[:, None]
-    rstd = tl.rsqrt(tl.sum(a * a, axis=1) / V + eps)
-    n = a * rstd[:, None]
+    at_v = (rows[:, None] * H + h) * V + tl.arange(0, V)[None, :]
+    at_k = (rows[:, None] * H + h) * K + tl.arange(0, K)[None, :]
+    n, rstd, s, sig, vv, qk, gk, kk, wk = _normalised(o, q, g, v, w, at_v, at_k, live, h, eps, K, V, HAS_AUG, BM)
     z = tl.load(gate + at_v, mask=live[:, None], other=0.).to(tl.float32)
     sz = tl.sigmoid(z)
     grad_y = tl.load(dy + at_v, mask=live[:, None], other=0.).to(tl.float32)
@@ -85,7 +86,7 @@ def _readout_bwd_kernel(o, q, g, v, gate, w, dy, do, dq, dg, dv, dgate, dw_part,
         tl.store(dq + at_k, (ds * kk * wk[None, :]).to(dq.dtype.element_ty), mask=live[:, None])
         # dk = ds q w and dk/dg = -e^g
         tl.store(dg + at_k, (-ds * qk * wk[None, :] * tl.exp(gk)).to(dg.dtype.element_ty), mask=live[:, None])
-        tl.store(dw_part + (tl.program_id(0) * H + h) * K + ck, tl.sum(ds * qk * kk, axis=0))
+        tl.store(dw_part + (tl.program_id(0) * H + h) * K + tl.arange(0, K), tl.sum(ds * qk * kk, axis=0))
 
 
 def _grid(n_rows, H):
