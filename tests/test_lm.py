@@ -13,13 +13,7 @@ from metala_vision.training import read_jsonl
 VOCAB = 64
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """Tiny models run fastest on one thread (and far faster on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def tiny_config(**overrides):

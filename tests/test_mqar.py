@@ -19,12 +19,7 @@ def mqar_script():
     return module
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 @pytest.mark.parametrize('seq_len, kv_pairs, vocab', [(64, 4, 8192), (128, 32, 8192), (32, 8, 40)])
