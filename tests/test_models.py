@@ -1,4 +1,6 @@
 """MetaLA-ViT as a timm model: the checks timm's own tests/test_models.py applies to every model, plus ours."""
+import socket
+
 import pytest
 import safetensors.torch
 import timm
@@ -153,7 +155,11 @@ def test_layer_decay_groups_and_no_weight_decay():
                 assert group['weight_decay'] == 0.0
 
 
-def test_pretrained_from_our_own_files(tmp_path):
+def test_pretrained_from_our_own_files(tmp_path, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError('pretrained=True tried to reach the network')
+
+    monkeypatch.setattr(socket.socket, 'connect', no_network)
     model = timm.create_model('metala_vit_t_p4_32', pos_embed=True, **TINY).eval()
     x = torch.randn(2, 3, 32, 32)
     file = tmp_path / 'model.safetensors'
