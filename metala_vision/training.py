@@ -1,14 +1,17 @@
 """Shared pieces of the training scripts (ImageNet, LRA, language model).
 
-- configs: `load_config` (YAML file + `key=value` / `a.b=value` overrides, checked against the script's defaults)
+- configs: `run_arg_parser` (the flags every script shares), `load_config` (YAML file + `key=value` / `a.b=value`
+  overrides, checked against the script's defaults)
 - checkpoints: `CheckpointDir` (atomic `accelerator.save_state` folders, keep-last-N, latest for `--resume auto`),
   `TrainProgress` (epoch / batch / update / best, registered for checkpointing), `export_timm_weights`
 - data checks: `check_image_folder` (ImageFolder layout, before any model work)
+- epochs: `epoch_batches` (the seeded, resumable batch iterator of an epoch and its progress bar)
 - logging and meters: `JsonlLogger`, `Throughput`, `reset_peak_memory` / `peak_memory_gib`
 - evaluation and seeding: `evaluate_classifier`, `derive_seed`
 
 Bad user input raises `UsageError`; the scripts print its message and exit with status 2.
 """
+import argparse
 import copy
 import dataclasses
 import difflib
@@ -24,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
+from tqdm import tqdm
 
 
 class UsageError(Exception):
@@ -33,6 +37,20 @@ class UsageError(Exception):
 # ---------------------------------------------------------------------------------------------------- configs
 
 _NUMBER = re.compile(r'^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$')
+
+
+def run_arg_parser(doc: str) -> argparse.ArgumentParser:
+    """The flags every training script shares: -c/--config, --output, --resume and key=value overrides; a script
+    adds its own (data) flags.  doc: the script's docstring (its first paragraph is the description)."""
+    parser = argparse.ArgumentParser(description=doc.split('\n\n')[0],
+                                     epilog='Settings and their defaults: DEFAULTS in the script.')
+    parser.add_argument('-c', '--config', help='YAML file of settings (keys of DEFAULTS)')
+    parser.add_argument('--output', help='run folder: log, checkpoints, weights (overrides output)')
+    parser.add_argument('--resume', metavar='auto|PATH',
+                        help="'auto': continue from the newest checkpoint in the output folder, if any; "
+                             "PATH: from that checkpoint folder")
+    parser.add_argument('overrides', nargs='*', metavar='key=value', help='setting overrides, e.g. lr=1e-3')
+    return parser
 
 
 def load_config(path: Optional[str], overrides=(), defaults: dict = None, types: dict = None) -> dict:
@@ -312,6 +330,18 @@ def export_timm_weights(accelerator, model, directory, label_names=None, model_a
 
 
 # ---------------------------------------------------------------------------------------------------- logging, meters
+
+def epoch_batches(accelerator, loader, generator, seed: int, epoch: int, first_batch: int, total: int, epochs: int):
+    """(batches of `epoch` from `first_batch` on, a tqdm bar on the local main process).  The sampler and the
+    loader's generator are seeded by (seed, process, epoch), so a resumed epoch draws the same order and skips the
+    batches already trained."""
+    loader.sampler.set_epoch(epoch)
+    generator.manual_seed(derive_seed(seed, accelerator.process_index, epoch))
+    batches = accelerator.skip_first_batches(loader, first_batch) if first_batch else loader
+    bar = tqdm(total=total, initial=first_batch, desc=f'epoch {epoch + 1}/{epochs}',
+               disable=not accelerator.is_local_main_process, dynamic_ncols=True, mininterval=1.0)
+    return batches, bar
+
 
 class JsonlLogger:
     """Appends one JSON object per call to `path` ({'event': ..., 'time': unix seconds, **fields})."""

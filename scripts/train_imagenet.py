@@ -44,7 +44,6 @@ images are decoded and augmented in the main process (`workers: 0`); with worker
 optimizer, scheduler, EMA and the main process's RNG (mixup, drop path) are restored exactly, but the workers' own
 augmentation draws are not (and with `persistent_workers` they are not re-seeded per epoch).
 """
-import argparse
 import dataclasses
 import logging
 import math
@@ -66,13 +65,12 @@ from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
 
 import metala_vision  # noqa: F401  (registers the metala_vit models with timm)
 from metala_vision.data.synthetic import write_digits
 from metala_vision.training import (CheckpointDir, JsonlLogger, Throughput, TrainProgress, UsageError,
-                                    check_image_folder, derive_seed, evaluate_classifier, export_timm_weights,
-                                    flatten_config, load_config, peak_memory_gib, reset_peak_memory)
+                                    check_image_folder, epoch_batches, evaluate_classifier, export_timm_weights,
+                                    flatten_config, load_config, peak_memory_gib, reset_peak_memory, run_arg_parser)
 
 _logger = get_logger('train_imagenet', log_level='INFO')  # logs on the main process only
 
@@ -172,15 +170,8 @@ _NON_NEGATIVE = ('workers', 'checkpoint_interval', 'keep_checkpoints', 'aug_repe
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     epilog='Settings and their defaults: DEFAULTS in this file.')
-    parser.add_argument('-c', '--config', help='YAML file of settings (keys of DEFAULTS)')
+    parser = run_arg_parser(__doc__)
     parser.add_argument('--data-dir', help='ImageFolder root with train/ and val/ (overrides data_dir)')
-    parser.add_argument('--output', help='run folder: logs, checkpoints, weights (overrides output)')
-    parser.add_argument('--resume', metavar='auto|PATH',
-                        help="'auto': continue from the newest checkpoint in the output folder, if any; "
-                             "PATH: from that checkpoint folder")
-    parser.add_argument('overrides', nargs='*', metavar='key=value', help='setting overrides, e.g. lr=1e-3')
     return parser.parse_args(argv)
 
 
@@ -444,17 +435,14 @@ def train_one_epoch(run: Run, epoch: int) -> Optional[dict]:
     """Trains from progress.batch to the end of `epoch`; returns its stats, or None if stop_after_updates ended
     the run within the epoch."""
     cfg, accelerator, progress, model = run.cfg, run.accelerator, run.progress, run.model
-    run.train_loader.sampler.set_epoch(epoch)
-    run.loader_generator.manual_seed(derive_seed(cfg['seed'], accelerator.process_index, epoch))
     first_batch = progress.batch
-    loader = accelerator.skip_first_batches(run.train_loader, first_batch) if first_batch else run.train_loader
+    loader, bar = epoch_batches(accelerator, run.train_loader, run.loader_generator, cfg['seed'], epoch, first_batch,
+                                run.batches_per_epoch, cfg['epochs'])
     model.train()
     epoch_meter, log_meter = Throughput(), Throughput()
     epoch_loss = torch.zeros((), device=accelerator.device)
     window_loss = torch.zeros((), device=accelerator.device)
     window_batches = 0
-    bar = tqdm(total=run.batches_per_epoch, initial=first_batch, desc=f"epoch {epoch + 1}/{cfg['epochs']}",
-               disable=not accelerator.is_local_main_process, dynamic_ncols=True, mininterval=1.0)
     for batch_index, (images, targets) in enumerate(loader, start=first_batch):
         if batch_index == run.batches_per_epoch:  # the rest does not fill an accumulation cycle
             break

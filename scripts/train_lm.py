@@ -19,7 +19,6 @@ weights with save_pretrained, and the tokenizer: `AutoModelForCausalLM.from_pret
 `import metala_vision.models.metala_lm`).  `--resume auto` continues from the newest checkpoint (or starts fresh
 when there is none).
 """
-import argparse
 import logging
 import math
 import sys
@@ -34,7 +33,7 @@ from accelerate.utils import set_seed
 from metala_vision.data.text import byte_tokenizer, encode_files, random_windows, sequential_windows, text_files
 from metala_vision.models.metala_lm import MetaLAConfig, MetaLAForCausalLM
 from metala_vision.training import (CheckpointDir, JsonlLogger, Throughput, TrainProgress, UsageError, derive_seed,
-                                    load_config)
+                                    load_config, run_arg_parser)
 
 _logger = get_logger('train_lm')
 
@@ -78,15 +77,8 @@ _POSITIVE = ('seq_len', 'batch_size', 'grad_accum_steps', 'updates', 'log_interv
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     epilog='Settings and their defaults: DEFAULTS in this file.')
-    parser.add_argument('-c', '--config', help='YAML file of settings (keys of DEFAULTS)')
+    parser = run_arg_parser(__doc__)
     parser.add_argument('--data', help='text file or folder (overrides data)')
-    parser.add_argument('--output', help='run folder: logs, checkpoints, weights (overrides output)')
-    parser.add_argument('--resume', metavar='auto|PATH',
-                        help="'auto': continue from the newest checkpoint in the output folder, if any; "
-                             "PATH: from that checkpoint folder")
-    parser.add_argument('overrides', nargs='*', metavar='key=value', help='setting overrides, e.g. lr=3e-4')
     return parser.parse_args(argv)
 
 
