@@ -89,8 +89,6 @@ def measure(name, res, iters, compile_model=False):
 
     sec, peak = timed(train, iters)
     row.update(train_batch=b, train_img_s=b / sec, train_gib=peak / 2 ** 30)
-    del model, opt, x, y
-    torch.cuda.empty_cache()
     return row
 
 
@@ -174,6 +172,7 @@ def main():
         for res in args.res:
             for name in PAIRS[size]:
                 row = measure(name, res, args.iters, args.compile)
+                torch.cuda.empty_cache()  # the model and its optimizer went with measure()
                 result['rows'].append(row)
                 print(json.dumps(row), flush=True)
                 out.with_suffix('.json').write_text(json.dumps(result, indent=1))

@@ -117,7 +117,7 @@ def table(rows, header=True):
                   '| fla chunk_gla fwd+bwd | ours/fla causal |',
                   '|' + '---|' * 19]
     for r in rows:
-        (of, ot), (sf, st), (ff, ft), (cf, ct), (gf, gt) = r['ours'], r['sdpa'], r['fla_bi'], r['causal'], r['fla_causal']
+        (of, ot), (sf, st), (ff, ft), (_, ct), (_, gt) = r['ours'], r['sdpa'], r['fla_bi'], r['causal'], r['fla_causal']
         lines.append(f"| {r['B']} | {r['T']} | {r['H']} | {r['K']} | {r['V']} | {r['err']:.1e} | {r['floor']:.3f} | {of:.3f} | {sf:.3f} "
                      f"| {ff:.3f} | {ot:.3f} | {st:.3f} | {ft:.3f} | {of / sf:.2f} | {ot / st:.2f} | {ft / ot:.1f} "
                      f"| {ct:.3f} | {gt:.3f} | {ct / gt:.2f} |")
