@@ -6,9 +6,10 @@ from .chunk_torch import chunk_metala_torch, readout_torch, self_augmentation
 
 SUPPORTED_DIMS = (16, 32, 64, 128)
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+TORCH_PATH_DTYPES = FLOAT_DTYPES + (torch.float64,)  # the PyTorch path also computes in float64
 
 
-def _check(q, g, v, g_bwd, mask, aug_weight, check_gates):
+def _check(q, g, v, g_bwd, mask, aug_weight, check_gates, dtypes):
     for name, x in (('q', q), ('g', g), ('v', v), ('g_bwd', g_bwd), ('aug_weight', aug_weight)):
         if x is not None and not isinstance(x, torch.Tensor):
             raise TypeError(f'{name} must be a torch.Tensor, got {type(x).__name__}')
@@ -25,11 +26,13 @@ def _check(q, g, v, g_bwd, mask, aug_weight, check_gates):
             raise ValueError(f'{name} must have the shape of q [B, T, H, K] = {[B, T, H, K]}, got {tuple(x.shape)}')
     if K not in SUPPORTED_DIMS or V not in SUPPORTED_DIMS:
         raise ValueError(f'head dims K={K} (q, g) and V={V} (v) must each be one of {SUPPORTED_DIMS}')
-    if q.dtype not in FLOAT_DTYPES or v.dtype != q.dtype:
-        raise ValueError(f'q and v must share one dtype of {FLOAT_DTYPES}, got q {q.dtype}, v {v.dtype}')
+    if q.dtype not in dtypes or v.dtype != q.dtype:
+        raise ValueError(f'q and v must share one dtype of {dtypes}, got q {q.dtype}, v {v.dtype}'
+                         + (' (float64 runs on the PyTorch path only: CPU tensors or backend=\'torch\')'
+                            if torch.float64 in (q.dtype, v.dtype) else ''))
     for name, x in (('g', g), ('g_bwd', g_bwd)):
-        if x is not None and x.dtype not in FLOAT_DTYPES:
-            raise ValueError(f'{name} must be float32 or the dtype of q, got {x.dtype}')
+        if x is not None and x.dtype not in dtypes:
+            raise ValueError(f'{name} must be one of {dtypes}, got {x.dtype}')
     if mask is not None:
         if tuple(mask.shape) != (B, T):
             raise ValueError(f'mask must have shape [B, T] = [{B}, {T}] (True = real token), got {tuple(mask.shape)}')
@@ -48,7 +51,8 @@ def _check(q, g, v, g_bwd, mask, aug_weight, check_gates):
 
 def metala_attn(q, g, v, *, causal=False, g_bwd=None, scale=None, mask=None, aug_weight=None, backend='auto',
                 check_gates=True):
-    """MetaLA attention.  q, g = log(alpha) <= 0: [B, T, H, K]; v: [B, T, H, V] -> o: [B, T, H, V] in q's dtype.
+    """MetaLA attention.  q, g = log(alpha) <= 0: [B, T, H, K]; v: [B, T, H, V] -> o: [B, T, H, V] in q's dtype
+    (fp32, bf16, fp16; float64 too on the PyTorch path).
 
     The key is k = 1 - exp(g).  causal: o_t = scale q_t S_t with S_t = diag(alpha_t) S_{t-1} + k_t^T v_t.
     Otherwise o_i sums over every j, with the decay alpha_{j+1}..alpha_i for j <= i and alpha_i..alpha_{j-1}
@@ -58,11 +62,11 @@ def metala_attn(q, g, v, *, causal=False, g_bwd=None, scale=None, mask=None, aug
     backend: 'auto' (Triton on CUDA, PyTorch elsewhere), 'triton' or 'torch'.
     check_gates: raise if g > 0 anywhere (on CUDA a host sync; callers whose g = logsigmoid(.) may skip it).
     """
-    _check(q, g, v, g_bwd, mask, aug_weight, check_gates)
     if backend not in ('auto', 'triton', 'torch'):
         raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
     if backend == 'auto':
-        backend = 'triton' if q.is_cuda else 'torch'
+        backend = 'triton' if isinstance(q, torch.Tensor) and q.is_cuda else 'torch'
+    _check(q, g, v, g_bwd, mask, aug_weight, check_gates, TORCH_PATH_DTYPES if backend == 'torch' else FLOAT_DTYPES)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if causal:
         g_bwd = None
@@ -100,6 +104,9 @@ def metala_readout(o, q, g, v, gate, aug_weight=None, eps=1e-5, backend='auto'):
         backend = 'triton' if o.is_cuda else 'torch'
     if backend == 'torch':
         return readout_torch(o, q, g, v, gate, aug_weight, eps)
+    if o.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"o must be one of {FLOAT_DTYPES} for the Triton readout (float64: backend='torch'), "
+                         f'got {o.dtype}')
     from .readout import _readout_fwd
     has_aug = aug_weight is not None
     w = aug_weight if has_aug else o.new_empty(0)

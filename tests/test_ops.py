@@ -225,6 +225,15 @@ def test_readout_bad_shapes_are_named():
         metala_readout(o, q, -q.abs(), o, o, torch.randn(2, 32))
 
 
+def test_float64_on_the_torch_path_only():
+    x, mask = make_inputs(2, 19, 2, 16, 32, sep=True, aug=True, seed=5)
+    o = metala_attn(x['q'], x['g'], x['v'], g_bwd=x['g_bwd'], aug_weight=x['aug_weight'], backend='torch')
+    ref = naive_recurrent_metala(x['q'], x['g'], x['v'], g_bwd=x['g_bwd'], aug_weight=x['aug_weight'])
+    assert o.dtype == torch.float64 and rel_err(o, ref) < 1e-12
+    with pytest.raises(ValueError, match='float64 runs on the PyTorch path only'):
+        metala_attn(x['q'], x['g'], x['v'], backend='triton')
+
+
 def _bad(**overrides):
     args = dict(q=torch.randn(2, 8, 2, 16), g=-torch.rand(2, 8, 2, 16), v=torch.randn(2, 8, 2, 32))
     args.update(overrides)

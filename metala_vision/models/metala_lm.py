@@ -25,7 +25,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
 
-from metala_kernels import chunk_metala_torch, metala_attn
+from metala_kernels import metala_attn
 from metala_kernels.chunk_torch import key_from_gate
 from metala_vision.layers import MetaLAMixer
 
@@ -77,14 +77,6 @@ class MetaLAConfig(PreTrainedConfig):
     def layer_types(self):
         """Every layer keeps a recurrent (linear-attention) cache: DynamicCache builds LinearAttentionLayers."""
         return ['linear_attention'] * self.num_hidden_layers
-
-
-def chunked_causal_metala(q, g, v, scale, backend='auto'):
-    """Causal MetaLA over a chunk from a zero state: q, g: [B, T, H, K]; v: [B, T, H, V] -> o [B, T, H, V].
-    metala_attn takes 16/32-bit inputs; a float64 model runs its PyTorch path directly (it computes in float64)."""
-    if q.dtype == torch.float64:
-        return chunk_metala_torch(q, g, v, scale=scale, causal=True)
-    return metala_attn(q, g, v, causal=True, scale=scale, backend=backend, check_gates=False)  # g = logsigmoid <= 0
 
 
 def carry_state(q, g, v, state, scale):
@@ -167,7 +159,8 @@ class MetaLADecoderLayer(GradientCheckpointingLayer):
             o, state = chunk_gla(q, key_from_gate(g).to(q.dtype), v, g, scale=scale, initial_state=state,
                                  output_final_state=cache is not None)
         else:
-            o = chunked_causal_metala(q, g, v, scale, mixer.backend)
+            o = metala_attn(q, g, v, causal=True, scale=scale, backend=mixer.backend,
+                            check_gates=False)  # g = logsigmoid(.) <= 0
             if cache is not None:
                 carried, state = carry_state(q, g, v, state, scale)
                 o = o + carried
