@@ -142,6 +142,14 @@ def test_grad_checkpointing_saves_less_and_matches():
         torch.testing.assert_close(p.grad, g)
 
 
+def test_gradients_come_laid_out_like_their_parameters():
+    """DDP buckets gradients in the parameters' layout: a mismatch (the channels_last conv) warns and copies."""
+    model = timm.create_model('metala_vit_t_p4_32', **TINY)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    for name, p in model.named_parameters():
+        assert p.grad.stride() == p.stride(), name
+
+
 def test_layer_decay_groups_and_no_weight_decay():
     model = timm.create_model('metala_vit_t_p4_32', depth=3, pos_embed=True)
     nwd = model.no_weight_decay()

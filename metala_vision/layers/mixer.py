@@ -33,6 +33,12 @@ class ShortConv(nn.Module):
         self.kind, self.kernel_size = kind, kernel_size
         if kind == '2d':
             self.conv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=False)
+            # the conv runs on channels_last activations, so its weight gradient [C, 1, k, k] comes with
+            # channels_last strides (C-stride k*k, 1, k, 1); give the weight the same strides, or DDP warns that
+            # the gradient does not match its bucket (laid out like the parameter) and copies it every step
+            weight = self.conv.weight.data
+            self.conv.weight.data = weight.new_empty_strided(weight.shape, (kernel_size ** 2, 1, kernel_size, 1))
+            self.conv.weight.data.copy_(weight)
         elif kind in ('1d', 'causal'):
             self.conv = nn.Conv1d(dim, dim, kernel_size, groups=dim, bias=False)
         else:
