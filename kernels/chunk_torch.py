@@ -47,12 +47,14 @@ def _exclusive_cumsum(x, reverse=False):
 def _scan(decay, update, reverse=False):
     """States entering each chunk: s_0 = 0, s_{n+1} = decay_n * s_n + update_n (chunks taken right to left if
     reverse).  decay: [B, H, N, K]; update: [B, H, N, K, V] -> [B, H, N, K, V]."""
-    N = decay.shape[2]
+    # unbind, not update[:, :, n]: the backward of each such slice would allocate a full-size gradient (O(N^2))
+    decays, updates = decay.unbind(2), update.unbind(2)
+    N = len(decays)
     order = range(N - 1, -1, -1) if reverse else range(N)
-    state, states = torch.zeros_like(update[:, :, 0]), [None] * N
+    state, states = torch.zeros_like(updates[0]), [None] * N
     for n in order:
         states[n] = state
-        state = decay[:, :, n, :, None] * state + update[:, :, n]
+        state = decays[n][..., None] * state + updates[n]
     return torch.stack(states, 2)
 
 
