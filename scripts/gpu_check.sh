@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One GPU session: the tests on CUDA (compiled Triton kernels), then the benchmarks named as arguments
-# (ops, models; default both).  Wheels missing on the GPU machine (fla) may be carried in .whl/.
+# One GPU session: the whole test suite on CUDA (compiled Triton kernels; the CUDA-only tests of ops, models and
+# the LM included), then the benchmarks named as arguments (ops, models; default both).  Wheels missing on the GPU
+# machine (fla 0.6, and transformers >= 5.24 where its image has an older one) may be carried in .whl/.
 # Results go to ${OUT:-benchmarks}.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,7 @@ mkdir -p /tmp/pkgs && ln -sfn "$PWD/kernels" /tmp/pkgs/metala_kernels
 export PYTHONPATH=/tmp/site:/tmp/pkgs:$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 -c "import torch, triton, timm; print('torch', torch.__version__, 'triton', triton.__version__, 'timm', timm.__version__)"
-METALA_AUTOTUNE=0 timeout 400 python3 -m pytest tests/test_ops.py tests/test_models.py -q -p no:cacheprovider -n 8 \
+METALA_AUTOTUNE=0 timeout 400 python3 -m pytest tests -q -p no:cacheprovider -n 8 \
   2>&1 | tee "$OUT/gpu_tests.log" | tail -25
 for bench in $BENCHES; do
   python3 "scripts/bench_$bench.py" --out "$OUT/$bench.md" 2>&1 | tee "$OUT/bench_$bench.log"
