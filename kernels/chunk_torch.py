@@ -1,6 +1,7 @@
 """Chunked MetaLA attention in pure PyTorch: the CPU path, differentiable through autograd.
 
-Within a chunk of C tokens the decays are exact per pair (log-space, every exponent <= 0); across chunks
+Within a chunk of C tokens the scores are one matrix product of q e^lam and k e^-lam where that is exact (the
+chunk's decay at least e^-30), else the decays per pair (log-space, every exponent <= 0); across chunks
 a forward state S [K, V] runs left to right and a backward state R [K, V] right to left, as in the Triton
 kernels (chunk.py).  Shapes: q, g, g_bwd: [B, T, H, K]; v: [B, T, H, V] -> o: [B, T, H, V].
 """
@@ -44,6 +45,26 @@ def _exclusive_cumsum(x, reverse=False):
     return F.pad(x.cumsum(-2)[..., :-1, :], (0, 0, 1, 0))
 
 
+def _intra_chunk_scores(q, k, lam, seen, max_span=30.0):
+    """A [B, H, N, C, C] with A_ij = sum_k q_ik k_jk exp(lam_ik - lam_jk) where seen [C, C] holds, else 0; q, k, lam:
+    [B, H, N, C, K].  One product of q e^lam and k e^-lam in the chunks whose lam spans at most max_span (factors
+    below e^30: exact in fp32); the pair decays [C, C, K] materialised in the others (alpha near 0), and everywhere
+    under torch.compile (no data-dependent branch there)."""
+    def exact(q, k, lam):
+        decay = (lam[..., :, None, :] - lam[..., None, :, :]).masked_fill(~seen[..., None], float('-inf')).exp()
+        return torch.einsum('...ik,...jk,...ijk->...ij', q, k, decay)
+
+    if torch.compiler.is_compiling():
+        return exact(q, k, lam)
+    fast = (lam.amax(-2) - lam.amin(-2)).amax(-1) <= max_span           # [B, H, N]
+    lam_fast = torch.where(fast[..., None, None], lam, 0.)                # finite factors where replaced below
+    scores = ((q * lam_fast.exp()) @ (k * (-lam_fast).exp()).transpose(-1, -2)).masked_fill(~seen, 0.)
+    if not bool(fast.all()):
+        slow = ~fast
+        scores = scores.index_put((slow,), exact(q[slow], k[slow], lam[slow]))
+    return scores
+
+
 def _scan(decay, update, reverse=False):
     """States entering each chunk: s_0 = 0, s_{n+1} = decay_n * s_n + update_n (chunks taken right to left if
     reverse).  decay: [B, H, N, K]; update: [B, H, N, K, V] -> [B, H, N, K, V]."""
@@ -69,8 +90,7 @@ def chunk_metala_torch(q, g, v, g_bwd=None, scale=1.0, causal=False, chunk_size=
     after = _exclusive_cumsum(g, reverse=True)                # sum of g after token i: total - incl
     i, j = torch.arange(C, device=q.device)[:, None], torch.arange(C, device=q.device)[None, :]
     # the diagonal (decay 1) apart: through exp(incl_i - incl_i) its gate gradient would cancel inexactly
-    fwd_decay = (incl[..., :, None, :] - incl[..., None, :, :]).masked_fill(~(j < i)[..., None], float('-inf')).exp()
-    scores = torch.einsum('bhnik,bhnjk,bhnijk->bhnij', q, k, fwd_decay) + torch.diag_embed((q * k).sum(-1))
+    scores = _intra_chunk_scores(q, k, incl, j < i) + torch.diag_embed((q * k).sum(-1))
     states = _scan(total.exp(), (k * after.exp()).transpose(-1, -2) @ v)
     o = scores @ v + (q * incl.exp()) @ states
     if not causal:
@@ -79,8 +99,7 @@ def chunk_metala_torch(q, g, v, g_bwd=None, scale=1.0, causal=False, chunk_size=
         excl = _exclusive_cumsum(gb)                          # sum of g_bwd strictly before token i of the chunk
         rest = _exclusive_cumsum(gb, reverse=True) + gb       # sum of g_bwd from token i on: total_b - excl
         total_b = rest[..., 0, :]
-        bwd_decay = (excl[..., None, :, :] - excl[..., :, None, :]).masked_fill(~(j > i)[..., None], float('-inf')).exp()
-        scores_b = torch.einsum('bhnik,bhnjk,bhnijk->bhnij', q, kb, bwd_decay)
+        scores_b = _intra_chunk_scores(q, kb, -excl, j > i)                # decay exp(excl_j - excl_i), j > i
         states_b = _scan(total_b.exp(), (kb * excl.exp()).transpose(-1, -2) @ v, reverse=True)
         o = o + scores_b @ v + (q * rest.exp()) @ states_b
     B, H, N = o.shape[:3]

@@ -158,6 +158,20 @@ def test_extreme_gates(backend, g_value):
     assert_close(run(x, mask, torch.float32, do, backend=backend), oracle(x, mask, do, False), TOL[torch.float32])
 
 
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_chunks_of_both_gate_regimes_in_one_call(backend):
+    """Chunks whose decay is exact as one product (alpha near 1) beside chunks that need the per-pair decays
+    (alpha near 0), in one call: both paths, and the seams between them, against the oracle."""
+    near_zero = (torch.arange(150) // 64 % 2 == 1)[None, :, None, None]  # runs of 64: whole Triton chunks
+    do = torch.randn(2, 150, 2, 32, dtype=torch.float64)
+    for causal in (False, True):
+        x, mask = make_inputs(2, 150, 2, 16, 32, sep=not causal, aug=True, seed=11)
+        for name in set(x) & {'g', 'g_bwd'}:
+            x[name] = torch.where(near_zero, x[name] * 20 - 10, x[name] * 0.1)
+        assert_close(run(x, mask, torch.float32, do, causal=causal, backend=backend), oracle(x, mask, do, causal),
+                     TOL[torch.float32])
+
+
 @pytest.mark.parametrize('g_value', [-1e-7, -20.0])
 def test_long_sequence_extreme_gates(g_value):
     """T = 65536 in fp32 (Triton on CUDA, PyTorch on the CPU): finite and equal to the float64 chunked path."""
