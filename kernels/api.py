@@ -9,6 +9,16 @@ FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 TORCH_PATH_DTYPES = FLOAT_DTYPES + (torch.float64,)  # the PyTorch path also computes in float64
 
 
+def _check_head_dims(K, V, v_name):
+    if K not in SUPPORTED_DIMS or V not in SUPPORTED_DIMS:
+        raise ValueError(f'head dims K={K} (q, g) and V={V} ({v_name}) must each be one of {SUPPORTED_DIMS}')
+
+
+def _check_aug_weight(aug_weight, H, K):
+    if aug_weight is not None and tuple(aug_weight.shape) != (H, K):
+        raise ValueError(f'aug_weight must have shape [H, K] = [{H}, {K}], got {tuple(aug_weight.shape)}')
+
+
 def _check(q, g, v, g_bwd, mask, aug_weight, check_gates, dtypes):
     for name, x in (('q', q), ('g', g), ('v', v), ('g_bwd', g_bwd), ('aug_weight', aug_weight)):
         if x is not None and not isinstance(x, torch.Tensor):
@@ -24,8 +34,7 @@ def _check(q, g, v, g_bwd, mask, aug_weight, check_gates, dtypes):
     for name, x in (('g', g), ('g_bwd', g_bwd)):
         if x is not None and tuple(x.shape) != (B, T, H, K):
             raise ValueError(f'{name} must have the shape of q [B, T, H, K] = {[B, T, H, K]}, got {tuple(x.shape)}')
-    if K not in SUPPORTED_DIMS or V not in SUPPORTED_DIMS:
-        raise ValueError(f'head dims K={K} (q, g) and V={V} (v) must each be one of {SUPPORTED_DIMS}')
+    _check_head_dims(K, V, 'v')
     if q.dtype not in dtypes or v.dtype != q.dtype:
         raise ValueError(f'q and v must share one dtype of {dtypes}, got q {q.dtype}, v {v.dtype}'
                          + (' (float64 runs on the PyTorch path only: CPU tensors or backend=\'torch\')'
@@ -38,8 +47,7 @@ def _check(q, g, v, g_bwd, mask, aug_weight, check_gates, dtypes):
             raise ValueError(f'mask must have shape [B, T] = [{B}, {T}] (True = real token), got {tuple(mask.shape)}')
         if mask.dtype != torch.bool:
             raise ValueError(f'mask must be a bool tensor (True = real token), got {mask.dtype}')
-    if aug_weight is not None and tuple(aug_weight.shape) != (H, K):
-        raise ValueError(f'aug_weight must have shape [H, K] = [{H}, {K}], got {tuple(aug_weight.shape)}')
+    _check_aug_weight(aug_weight, H, K)
     for name, x in (('g', g), ('v', v), ('g_bwd', g_bwd), ('mask', mask), ('aug_weight', aug_weight)):
         if x is not None and x.device != q.device:
             raise ValueError(f'{name} is on {x.device} but q is on {q.device}: all inputs must share a device')
@@ -96,10 +104,8 @@ def metala_readout(o, q, g, v, gate, aug_weight=None, eps=1e-5, backend='auto'):
         if tuple(x.shape) != tuple(shape):
             raise ValueError(f'{name} must have shape {list(shape)} (o is [B, T, H, V] = {list(o.shape)}), '
                              f'got {tuple(x.shape)}')
-    if aug_weight is not None and tuple(aug_weight.shape) != (H, q.shape[-1]):
-        raise ValueError(f'aug_weight must have shape [H, K] = [{H}, {q.shape[-1]}], got {tuple(aug_weight.shape)}')
-    if q.shape[-1] not in SUPPORTED_DIMS or V not in SUPPORTED_DIMS:
-        raise ValueError(f'head dims K={q.shape[-1]} (q, g) and V={V} (o) must each be one of {SUPPORTED_DIMS}')
+    _check_aug_weight(aug_weight, H, q.shape[-1])
+    _check_head_dims(q.shape[-1], V, 'o')
     if backend == 'auto':
         backend = 'triton' if o.is_cuda else 'torch'
     if backend == 'torch':
