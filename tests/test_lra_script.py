@@ -50,15 +50,6 @@ def cache_dir(tmp_path_factory):
     return root
 
 
-@pytest.fixture
-def one_thread():
-    """In-process evaluations compared with logged ones use the subprocesses' single thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _args(task, output, cache_dir, *extra):
     sizes = LISTOPS if task == 'listops' else PATHFINDER
     return ['--task', task, '--config', DEBUG_CONFIG, '--output', str(output), '--cache-dir', str(cache_dir),
