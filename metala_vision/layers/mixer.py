@@ -50,14 +50,15 @@ class ShortConv(nn.Module):
         if self.kind == '2d':
             if grid_size is None:
                 raise ValueError("short_conv='2d' needs grid_size=(gh, gw) of the patch grid")
-            prefix, x = x[:, :num_prefix], x[:, num_prefix:]
-            B, N, C = x.shape
+            prefix, patches = x[:, :num_prefix], x[:, num_prefix:]
+            B, N, C = patches.shape
             gh, gw = grid_size
             if gh * gw != N:
                 raise ValueError(f'grid_size {tuple(grid_size)} does not match {N} patch tokens')
             # [B, gh, gw, C] seen as NCHW in channels_last memory: no copies around the convolution
-            x = self.conv(x.reshape(B, gh, gw, C).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(B, N, C)
-            x = torch.cat([prefix, x], dim=1)
+            x = self.conv(patches.reshape(B, gh, gw, C).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(B, N, C)
+            if num_prefix:  # no copy of every token when there is no class token
+                x = torch.cat([prefix, x], dim=1)
         elif self.conv is not None:
             left = self.kernel_size - 1 if self.kind == 'causal' else (self.kernel_size - 1) // 2
             right = self.kernel_size - 1 - left
