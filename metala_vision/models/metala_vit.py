@@ -24,6 +24,13 @@ __all__ = ['MetaLAViT']
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
+def _check_global_pool(global_pool, class_token):
+    if global_pool not in ('', 'avg', 'token'):
+        raise ValueError(f"global_pool must be 'avg', 'token' or '', got {global_pool!r}")
+    if global_pool == 'token' and not class_token:
+        raise ValueError("global_pool='token' needs class_token=True")
+
+
 class MetaLAViT(nn.Module):
     """MetaLA Vision Transformer: images [B, in_chans, H, W] -> logits [B, num_classes].
 
@@ -38,10 +45,7 @@ class MetaLAViT(nn.Module):
                  proj_drop_rate=0.0, drop_path_rate=0.0, separate_bwd_gates=False, gate_norm=16.0, self_aug=True,
                  backend='auto'):
         super().__init__()
-        if global_pool not in ('', 'avg', 'token'):
-            raise ValueError(f"global_pool must be 'avg', 'token' or '', got {global_pool!r}")
-        if global_pool == 'token' and not class_token:
-            raise ValueError("global_pool='token' needs class_token=True")
+        _check_global_pool(global_pool, class_token)
         self.num_classes, self.global_pool = num_classes, global_pool
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.num_prefix_tokens = 1 if class_token else 0
@@ -98,8 +102,7 @@ class MetaLAViT(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
         if global_pool is not None:
-            if global_pool not in ('', 'avg', 'token') or (global_pool == 'token' and self.cls_token is None):
-                raise ValueError(f"global_pool must be 'avg', '' or 'token' (with a class token), got {global_pool!r}")
+            _check_global_pool(global_pool, self.cls_token is not None)
             self.global_pool = global_pool
         self.num_classes = num_classes
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
