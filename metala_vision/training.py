@@ -49,6 +49,7 @@ def run_arg_parser(doc: str) -> argparse.ArgumentParser:
     parser.add_argument('--resume', metavar='auto|PATH',
                         help="'auto': continue from the newest checkpoint in the output folder, if any; "
                              "PATH: from that checkpoint folder")
+    parser.add_argument('--cpu', action='store_true', help='run on the CPU even where a GPU is present')
     parser.add_argument('overrides', nargs='*', metavar='key=value', help='setting overrides, e.g. lr=1e-3')
     return parser
 

@@ -130,7 +130,6 @@ def parse_args(argv=None):
     parser.add_argument('--cache-dir', help='folder of generated data sets (overrides cache_dir)')
     parser.add_argument('--max-minutes', type=float, metavar='N',
                         help='time budget: end training after N minutes from the start, then validate, save, test')
-    parser.add_argument('--cpu', action='store_true', help='run on the CPU even if a GPU is present')
     parser.add_argument('--eval-only', action='store_true',
                         help='evaluate --checkpoint on the validation and test splits instead of training')
     parser.add_argument('--checkpoint', help='best/model.safetensors written by this script (with --eval-only)')

@@ -246,16 +246,16 @@ def main(argv=None) -> int:
     try:
         cfg = resolve_config(args)
         classes, checkpoints, resume_from = check_inputs(cfg, args.resume)
-        return train(cfg, classes, checkpoints, resume_from)
+        return train(cfg, classes, checkpoints, resume_from, cpu=args.cpu)
     except UsageError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
 
 
-def train(cfg, classes, checkpoints, resume_from) -> int:
+def train(cfg, classes, checkpoints, resume_from, cpu=False) -> int:
     output = Path(cfg['output'])
     accelerator = Accelerator(
-        mixed_precision=cfg['mixed_precision'], gradient_accumulation_steps=cfg['grad_accum_steps'],
+        cpu=cpu, mixed_precision=cfg['mixed_precision'], gradient_accumulation_steps=cfg['grad_accum_steps'],
         log_with=cfg['log_with'], project_config=ProjectConfiguration(project_dir=str(output),
                                                                       logging_dir=str(output / 'trackers')))
     if cfg['model_ema'] and accelerator.distributed_type == DistributedType.FSDP:

@@ -140,15 +140,15 @@ def main(argv=None) -> int:
         train_tokens, val_tokens = load_tokens(cfg, tokenizer)
         checkpoints = CheckpointDir(Path(cfg['output']) / 'checkpoints', cfg['keep_checkpoints'])
         resume_from = checkpoints.resolve_resume(args.resume)
-        return train(cfg, tokenizer, train_tokens, val_tokens, checkpoints, resume_from)
+        return train(cfg, tokenizer, train_tokens, val_tokens, checkpoints, resume_from, cpu=args.cpu)
     except UsageError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
 
 
-def train(cfg, tokenizer, train_tokens, val_tokens, checkpoints, resume_from) -> int:
+def train(cfg, tokenizer, train_tokens, val_tokens, checkpoints, resume_from, cpu=False) -> int:
     output = Path(cfg['output'])
-    accelerator = Accelerator(mixed_precision=cfg['mixed_precision'],
+    accelerator = Accelerator(cpu=cpu, mixed_precision=cfg['mixed_precision'],
                               gradient_accumulation_steps=cfg['grad_accum_steps'])
     if accelerator.is_main_process:
         output.mkdir(parents=True, exist_ok=True)

@@ -44,6 +44,7 @@ def parse_args(argv=None):
     parser.add_argument('--batch-size', type=int, default=256)
     parser.add_argument('--workers', type=int, default=4)
     parser.add_argument('--mixed-precision', choices=('no', 'bf16', 'fp16'), help="default: accelerate's setting")
+    parser.add_argument('--cpu', action='store_true', help='evaluate on the CPU even where a GPU is present')
     parser.add_argument('--results-file', help='also write the metrics as JSON here')
     return parser.parse_args(argv)
 
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
         print(f'error: {e}', file=sys.stderr)
         return 2
 
-    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=args.cpu)
     model_kwargs.update(num_classes=num_classes, **({'img_size': args.img_size} if args.img_size else {}))
     model = timm.create_model(name, pretrained=True, **model_kwargs, pretrained_cfg_overlay=dict(
         file=str(args.checkpoint), num_classes=num_classes, **data_cfg))

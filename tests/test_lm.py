@@ -184,7 +184,8 @@ def test_train_lm_resumes_where_it_stopped(tmp_path):
                 'checkpoint_interval=2', 'log_interval=1', 'sample_tokens=0']
 
     def run(name, *extra):
-        assert train_lm.main(['--data', str(text), '--output', str(tmp_path / name), *settings, *extra]) == 0
+        argv = ['--cpu', '--data', str(text), '--output', str(tmp_path / name), *settings, *extra]
+        assert train_lm.main(argv) == 0
         return [r for r in read_jsonl(tmp_path / name / 'log.jsonl') if r['event'] in ('train', 'eval')]
 
     straight = run('straight')

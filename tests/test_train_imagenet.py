@@ -57,7 +57,7 @@ def _train_command(output, data_dir, *extra, launcher='python'):
     if launcher == 'accelerate':
         return [sys.executable, '-m', 'accelerate.commands.launch', '--cpu', '--num_processes', '1',
                 '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no', *script]
-    return [sys.executable, *script]
+    return [sys.executable, *script, '--cpu']  # CPU runs, also where a GPU is present: exact-resume checks
 
 
 @pytest.fixture(scope='module')
@@ -237,7 +237,7 @@ def test_train_resume_exactly_and_validate(tiny_data, tmp_path, capsys):
 
     # validate.py on the exported (EMA) weights gives the logged validation result
     assert validate_script.main(['--checkpoint', str(full / 'model.safetensors'), '--data-dir', str(tiny_data),
-                                 '--batch-size', '16', '--workers', '0']) == 0
+                                 '--batch-size', '16', '--workers', '0', '--cpu']) == 0
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert metrics['count'] == 60
     assert metrics['top1'] == pytest.approx(epochs[-1]['ema_val_top1'], abs=1e-9)
