@@ -54,7 +54,8 @@ def test_errors_name_the_argument():
 
 
 def test_learns_generated_listops(tmp_path):
-    """A few steps on generated ListOps (short expressions, the real format and collate) lower the loss."""
+    """Eight epochs on 256 generated ListOps examples (short expressions, the real format and collate) lower the
+    loss clearly (2.29 -> 1.37 on the CI machine; four epochs gave 0.7997 x, too close to the bound)."""
     config = ListOpsConfig(max_depth=3, max_args=4, min_length=5, max_length=60)
     path = tmp_path / 'train.tsv'
     write_listops_tsv(generate_listops(256, seed=0, config=config, num_workers=1), path)
@@ -65,7 +66,7 @@ def test_learns_generated_listops(tmp_path):
     model = LRAClassifier(info.vocab_size, info.num_classes, info.max_len, dim=64, depth=2)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
-    for _ in range(4):
+    for _ in range(8):
         for ids, mask, labels in loader:
             loss = torch.nn.functional.cross_entropy(model(ids, mask), labels)
             opt.zero_grad()
