@@ -22,6 +22,7 @@ import datetime
 import json
 import math
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -131,11 +132,12 @@ def run_mqar(args, device):
     kinds = [k for k in args.models if k != 'gla' or device.type == 'cuda']
     if 'gla' in args.models and 'gla' not in kinds:
         print("skipping 'gla': fla's GLA kernels (Triton) need a CUDA GPU")
-    max_len = max(t for t, _ in size['settings'])
+    settings, d_models = args.settings or size['settings'], args.d_models or size['d_models']
+    max_len = max(t for t, _ in settings)
     steps, lr = args.steps or size['steps'], args.lr or size['lr']
     results = []
-    for seq_len, kv in size['settings']:
-        for d_model in size['d_models']:
+    for seq_len, kv in settings:
+        for d_model in d_models:
             for kind in kinds:
                 torch.manual_seed(args.seed)
                 with device:  # initialised in place
@@ -160,8 +162,8 @@ def write_mqar_report(args, size, steps, lr, kinds, results, device):
     lines = [
         '# MQAR: accuracy vs sequence length and state size',
         '',
-        f'`python scripts/mqar.py {"--quick " if args.quick else ""}--layers {args.layers} --steps {steps} '
-        f'--lr {lr}` on {device_name(device)}, {datetime.date.today()}, torch {torch.__version__}.{skipped}',
+        f'`python {" ".join(sys.argv)}` on {device_name(device)}, {datetime.date.today()}, '
+        f'torch {torch.__version__}.{skipped}',
         f'{args.layers} layers, head dim {HEAD_DIM}, vocab {size["vocab"]}, {steps} steps of batch {size["batch"]} '
         f'(fresh examples), AdamW lr {lr}, accuracy over the answer positions of {size["test_examples"]} '
         'held-out examples. State: floats per layer (recurrent state H x K x V; attention: its KV cache at the '
@@ -169,12 +171,12 @@ def write_mqar_report(args, size, steps, lr, kinds, results, device):
         '',
         '![accuracy vs state size](mqar.png)',
         '',
-        '| seq len | KV pairs | model | d_model | state / layer | loss (first -> last 10%) | accuracy |',
-        '|---|---|---|---|---|---|---|',
+        '| seq len | KV pairs | model | d_model | state / layer | loss (first -> last 10%) | accuracy | train s |',
+        '|---|---|---|---|---|---|---|---|',
     ]
     for r in results:
         lines.append(f'| {r["seq_len"]} | {r["kv_pairs"]} | {r["model"]} | {r["d_model"]} | {r["state"]} | '
-                     f'{r["loss_first"]:.2f} -> {r["loss_last"]:.2f} | {r["acc"]:.3f} |')
+                     f'{r["loss_first"]:.2f} -> {r["loss_last"]:.2f} | {r["acc"]:.3f} | {r["seconds"]:.0f} |')
     (out / 'mqar.md').write_text('\n'.join(lines) + '\n')
     print(f'wrote {out / "mqar.md"} and {out / "mqar.png"}')
 
@@ -259,12 +261,24 @@ def run_bench_decode(args, device):
     print(f'wrote {out / "decode.md"}')
 
 
+def seq_len_and_pairs(text):
+    """'256:16' -> (256, 16), for --settings."""
+    try:
+        seq_len, pairs = (int(n) for n in text.split(':'))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected SEQ_LEN:KV_PAIRS such as 256:16, got {text!r}') from None
+    return seq_len, pairs
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--quick', action='store_true', help='CPU-sized settings')
     parser.add_argument('--bench-decode', action='store_true', help='time generation instead of training MQAR')
     parser.add_argument('--models', nargs='+', default=list(MODELS), choices=MODELS)
     parser.add_argument('--layers', type=int, default=2)
+    parser.add_argument('--settings', nargs='+', type=seq_len_and_pairs, metavar='SEQ:PAIRS',
+                        help='(sequence length, KV pairs) settings, e.g. 256:16 (default: by size)')
+    parser.add_argument('--d-models', nargs='+', type=int, help='model widths (default: by size)')
     parser.add_argument('--steps', type=int, default=None, help='training steps per run (default: by size)')
     parser.add_argument('--lr', type=float, default=None, help='peak learning rate (default: by size)')
     parser.add_argument('--seed', type=int, default=0)
