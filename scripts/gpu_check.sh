@@ -14,8 +14,10 @@ mkdir -p /tmp/pkgs && ln -sfn "$PWD/kernels" /tmp/pkgs/metala_kernels
 export PYTHONPATH=/tmp/site:/tmp/pkgs:$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 -c "import torch, triton, timm; print('torch', torch.__version__, 'triton', triton.__version__, 'timm', timm.__version__)"
-METALA_AUTOTUNE=0 timeout 400 python3 -m pytest tests -q -p no:cacheprovider -n 8 \
-  2>&1 | tee "$OUT/gpu_tests.log" | tail -25
+# two threads per xdist worker (unbounded, 8 workers oversubscribe the host's cores and the CPU-path tests crawl);
+# a per-test timeout (pytest-timeout) so that a hang prints its traceback instead of eating the session
+OMP_NUM_THREADS=2 METALA_AUTOTUNE=0 timeout 480 python3 -m pytest tests -q -p no:cacheprovider -n 8 \
+  --timeout 240 -rfE --durations 15 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
 for bench in $BENCHES; do
   python3 "scripts/bench_$bench.py" --out "$OUT/$bench.md" 2>&1 | tee "$OUT/bench_$bench.log"
 done
