@@ -119,26 +119,77 @@ def _scores_grad(q, k, g, lam, da, seen, fast, REVERSE: tl.constexpr, BT: tl.con
 
 
 @triton.jit
+def _chunk_output(qc, gc, gbc, vc, s, r, BIDIR: tl.constexpr, BT: tl.constexpr, DT: tl.constexpr,
+                  PREC: tl.constexpr):
+    """One chunk's output before the scale, [BT, V]: intra-chunk scores @ v + (q e^lam) S + (q e^lam_b) R, from
+    the chunk's q, g, g_bwd (fp32), v and the states entering it (S from the left, R from the right, fp32 [K, V];
+    R unused when causal).  Also returns the forward scan's (k, key factor, chunk decay) for a state update."""
+    rows = tl.arange(0, BT)
+    k, lam, qf, kf, decay = _forward_scan_gates(gc)
+    fast = tl.min(decay) >= MIN_CHUNK_DECAY
+    acc = tl.dot((qc * qf).to(DT), s.to(DT), input_precision=PREC)
+    if BIDIR:
+        kb, lam_b, qf_b, kf_b, decay_b = _backward_scan_gates(gbc)
+        fast = fast & (tl.min(decay_b) >= MIN_CHUNK_DECAY)
+        a = _scores(qc, k, gc, lam, rows[:, None] >= rows[None, :], fast, False, BT, DT, PREC) \
+            + _scores(qc, kb, gbc, lam_b, rows[:, None] < rows[None, :], fast, True, BT, DT, PREC)
+        acc += tl.dot((qc * qf_b).to(DT), r.to(DT), input_precision=PREC)
+    else:
+        a = _scores(qc, k, gc, lam, rows[:, None] >= rows[None, :], fast, False, BT, DT, PREC)
+    acc += tl.dot(a.to(DT), vc, input_precision=PREC)
+    return acc, k, kf, decay
+
+
+@triton.jit
+def _store_entering_states(x, g, y, states, T, scale, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                           BT: tl.constexpr, REVERSE: tl.constexpr, X_IS_Q: tl.constexpr, PREC: tl.constexpr):
+    """One scan over the chunks of one (batch, head), left to right or (REVERSE) right to left, storing the state
+    entering each chunk n at states + n K V (fp32 [K, V]): the sum over the chunks passed before it of
+    (x f)^T y, each decayed by the chunks after it.  The gates g set the direction's decays: forward-scan gates
+    left to right, backward-scan gates right to left.  Values: x f = k e^(total - lam) with k from g, y = v (the
+    states S and R); gradients (X_IS_Q): x f = q e^lam, y = scale * do (dS, carried right to left with the
+    forward gates, and dR, left to right with the backward ones)."""
+    NT = tl.cdiv(T, BT)
+    offs = tl.arange(0, K)[:, None] * V + tl.arange(0, V)[None, :]
+    DT = y.dtype.element_ty
+    s = tl.zeros([K, V], dtype=tl.float32)
+    for i in range(NT):
+        if REVERSE:
+            n = NT - 1 - i
+        else:
+            n = i
+        t0 = n * BT
+        tl.store(states + n * K * V + offs, s)
+        gc = _load_chunk(g, t0, T, K, H * K, BT).to(tl.float32)
+        if REVERSE != X_IS_Q:  # R (values right to left) and dR (gradients left to right): backward-scan gates
+            k, lam, qf, kf, decay = _backward_scan_gates(gc)
+        else:
+            k, lam, qf, kf, decay = _forward_scan_gates(gc)
+        if X_IS_Q:
+            xf = _load_chunk(x, t0, T, K, H * K, BT).to(tl.float32) * qf
+            yc = (_load_chunk(y, t0, T, V, H * V, BT) * scale).to(DT)
+        else:
+            xf = k * kf
+            yc = _load_chunk(y, t0, T, V, H * V, BT)
+        s = decay[:, None] * s + tl.dot(tl.trans(xf.to(DT)), yc, input_precision=PREC)
+
+
+@triton.jit
 def _metala_fwd_kernel(q, g, gb, v, o, states, T, scale,
                        H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                        BIDIR: tl.constexpr, SEP_GB: tl.constexpr, PREC: tl.constexpr):
+    """Fused forward, one program per (batch, head): R entering every chunk (right to left, into the fp32
+    scratch states [N, K, V]), then left to right the outputs with S carried."""
     i_bh = tl.program_id(0)
     row0 = (i_bh // H * T * H + i_bh % H).to(tl.int64)  # element (b, 0, h) in units of one head's vector
     q, g, gb, v, o = q + row0 * K, g + row0 * K, gb + row0 * K, v + row0 * V, o + row0 * V
     NT = tl.cdiv(T, BT)
     states += i_bh.to(tl.int64) * NT * K * V
     state_offs = tl.arange(0, K)[:, None] * V + tl.arange(0, V)[None, :]
-    rows = tl.arange(0, BT)
     DT = v.dtype.element_ty
 
-    if BIDIR:  # right to left: the backward state entering each chunk
-        r = tl.zeros([K, V], dtype=tl.float32)
-        for i in range(NT):
-            t0 = (NT - 1 - i) * BT
-            tl.store(states + (NT - 1 - i) * K * V + state_offs, r)
-            kb, lam_b, qf_b, kf_b, decay_b = _backward_scan_gates(_load_chunk(gb, t0, T, K, H * K, BT).to(tl.float32))
-            vc = _load_chunk(v, t0, T, V, H * V, BT)
-            r = decay_b[:, None] * r + tl.dot(tl.trans((kb * kf_b).to(DT)), vc, input_precision=PREC)
+    if BIDIR:
+        _store_entering_states(q, gb, v, states, T, scale, H, K, V, BT, True, False, PREC)
         tl.debug_barrier()
 
     s = tl.zeros([K, V], dtype=tl.float32)
@@ -147,25 +198,61 @@ def _metala_fwd_kernel(q, g, gb, v, o, states, T, scale,
         qc = _load_chunk(q, t0, T, K, H * K, BT).to(tl.float32)
         gc = _load_chunk(g, t0, T, K, H * K, BT).to(tl.float32)
         vc = _load_chunk(v, t0, T, V, H * V, BT)
-        k, lam, qf, kf, decay = _forward_scan_gates(gc)
-        fast = tl.min(decay) >= MIN_CHUNK_DECAY
-        acc = tl.dot((qc * qf).to(DT), s.to(DT), input_precision=PREC)
-        if BIDIR:
-            if SEP_GB:
-                gbc = _load_chunk(gb, t0, T, K, H * K, BT).to(tl.float32)
-            else:
-                gbc = gc
-            kb, lam_b, qf_b, kf_b, decay_b = _backward_scan_gates(gbc)
-            fast = fast & (tl.min(decay_b) >= MIN_CHUNK_DECAY)
-            a = _scores(qc, k, gc, lam, rows[:, None] >= rows[None, :], fast, False, BT, DT, PREC) \
-                + _scores(qc, kb, gbc, lam_b, rows[:, None] < rows[None, :], fast, True, BT, DT, PREC)
-            r = tl.load(states + n * K * V + state_offs)
-            acc += tl.dot((qc * qf_b).to(DT), r.to(DT), input_precision=PREC)
+        if BIDIR and SEP_GB:
+            gbc = _load_chunk(gb, t0, T, K, H * K, BT).to(tl.float32)
         else:
-            a = _scores(qc, k, gc, lam, rows[:, None] >= rows[None, :], fast, False, BT, DT, PREC)
-        acc += tl.dot(a.to(DT), vc, input_precision=PREC)
+            gbc = gc
+        if BIDIR:
+            r = tl.load(states + n * K * V + state_offs)
+        else:
+            r = s
+        acc, k, kf, decay = _chunk_output(qc, gc, gbc, vc, s, r, BIDIR, BT, DT, PREC)
         _store_chunk(o, acc * scale, t0, T, V, H * V, BT)
         s = decay[:, None] * s + tl.dot(tl.trans((k * kf).to(DT)), vc, input_precision=PREC)
+
+
+@triton.jit
+def _metala_states_kernel(x, g, y, states, T, scale, BH_STRIDE,
+                          H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                          REVERSE: tl.constexpr, X_IS_Q: tl.constexpr, PREC: tl.constexpr):
+    """Chunk-parallel path, step 1: one program per (batch, head) stores the state entering every chunk of one
+    scan (see _store_entering_states): states points at direction d of [B*H, dirs, N, K, V], BH_STRIDE = dirs N K V."""
+    i_bh = tl.program_id(0)
+    row0 = (i_bh // H * T * H + i_bh % H).to(tl.int64)
+    _store_entering_states(x + row0 * K, g + row0 * K, y + row0 * V, states + i_bh.to(tl.int64) * BH_STRIDE,
+                           T, scale, H, K, V, BT, REVERSE, X_IS_Q, PREC)
+
+
+@triton.jit
+def _metala_out_kernel(q, g, gb, v, o, states, T, scale,
+                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                       BIDIR: tl.constexpr, SEP_GB: tl.constexpr, PREC: tl.constexpr):
+    """Chunk-parallel path, step 2: one program per (chunk, batch, head) writes the chunk's outputs from the
+    states entering it, states [B*H, 1 + BIDIR, N, K, V] (S, then R)."""
+    n = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    row0 = (i_bh // H * T * H + i_bh % H).to(tl.int64)
+    q, g, gb, v, o = q + row0 * K, g + row0 * K, gb + row0 * K, v + row0 * V, o + row0 * V
+    NT = tl.cdiv(T, BT)
+    DIRS: tl.constexpr = 2 if BIDIR else 1
+    states += (i_bh.to(tl.int64) * DIRS * NT + n) * K * V
+    state_offs = tl.arange(0, K)[:, None] * V + tl.arange(0, V)[None, :]
+    DT = v.dtype.element_ty
+    t0 = n * BT
+    qc = _load_chunk(q, t0, T, K, H * K, BT).to(tl.float32)
+    gc = _load_chunk(g, t0, T, K, H * K, BT).to(tl.float32)
+    vc = _load_chunk(v, t0, T, V, H * V, BT)
+    if BIDIR and SEP_GB:
+        gbc = _load_chunk(gb, t0, T, K, H * K, BT).to(tl.float32)
+    else:
+        gbc = gc
+    s = tl.load(states + state_offs)
+    if BIDIR:
+        r = tl.load(states + NT * K * V + state_offs)
+    else:
+        r = s
+    acc, _, _, _ = _chunk_output(qc, gc, gbc, vc, s, r, BIDIR, BT, DT, PREC)
+    _store_chunk(o, acc * scale, t0, T, V, H * V, BT)
 
 
 @triton.jit
@@ -285,7 +372,7 @@ FWD_CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 8) for 
 BWD_CONFIGS = [triton.Config({}, num_warps=8, num_stages=s) for s in (1, 2)]
 
 
-def _launcher(kernel, configs):
+def _launcher(kernel, configs, key=('H', 'K', 'V', 'BT', 'BIDIR', 'SEP_GB')):
     """kernel[grid](...) autotuned over configs on a GPU, once per compiled variant (T is left out of the
     key: the best launch depends on the chunk, not on the count of chunks).  The interpreter has no driver
     to tune with, and METALA_AUTOTUNE=0 (many short test shapes) skips the tuning compiles: both run the
@@ -294,12 +381,30 @@ def _launcher(kernel, configs):
         first = configs[0]
         return lambda grid, *args, **kw: kernel[grid](*args, num_warps=first.num_warps,
                                                       num_stages=first.num_stages, **kw)
-    tuned = triton.autotune(configs, key=['H', 'K', 'V', 'BT', 'BIDIR', 'SEP_GB'])(kernel)
+    tuned = triton.autotune(configs, key=list(key))(kernel)
     return lambda grid, *args, **kw: tuned[grid](*args, **kw)
 
 
 _fwd = _launcher(_metala_fwd_kernel, FWD_CONFIGS)
+_states = _launcher(_metala_states_kernel, FWD_CONFIGS, key=('H', 'K', 'V', 'BT', 'REVERSE', 'X_IS_Q'))
+_out = _launcher(_metala_out_kernel, FWD_CONFIGS)
 _bwd = _launcher(_metala_bwd_kernel, BWD_CONFIGS)
+
+
+def _chunk_parallel(device, programs, chunks):
+    """Whether the forward takes the chunk-parallel path (a states kernel per scan direction, then one program
+    per chunk for the outputs) rather than the fused kernel (one program per (batch, head) for everything).
+    The fused kernel wins when its programs fill the GPU; with few (batch, head) pairs and many chunks
+    (long sequences, high resolution at small batch) it runs serially on a few SMs.  Provisional rule:
+    parallel below 4 programs per SM.  METALA_FWD_PATH=fused|parallel forces a path (benchmarks, tests)."""
+    path = os.environ.get('METALA_FWD_PATH', 'auto')
+    if path not in ('auto', 'fused', 'parallel'):
+        raise ValueError(f"METALA_FWD_PATH must be 'auto', 'fused' or 'parallel', got {path!r}")
+    if path != 'auto':
+        return path == 'parallel'
+    if chunks == 1 or device.type != 'cuda':
+        return False
+    return programs < 4 * torch.cuda.get_device_properties(device).multi_processor_count
 
 
 @torch.library.custom_op('metala_kernels::chunk_fwd', mutates_args=())
@@ -309,10 +414,19 @@ def _chunk_fwd(q: torch.Tensor, g: torch.Tensor, gb: torch.Tensor, v: torch.Tens
     B, T, H, K = q.shape
     V = v.shape[-1]
     BT = _chunk_len(T, K, V)
+    NT = triton.cdiv(T, BT)
     o = torch.empty_like(v)
-    states = v.new_empty(B * H, triton.cdiv(T, BT) * K * V if not causal else 1, dtype=torch.float32)
-    _fwd((B * H,), q, g, gb, v, o, states, T, scale, H=H, K=K, V=V, BT=BT, BIDIR=not causal, SEP_GB=sep,
-         PREC=_precision(v))
+    shapes = dict(H=H, K=K, V=V, BT=BT, PREC=_precision(v))
+    if _chunk_parallel(q.device, B * H, NT):
+        states = v.new_empty(B * H, 2 if not causal else 1, NT, K, V, dtype=torch.float32)
+        _states((B * H,), q, g, v, states[:, 0], T, scale, states.stride(0), REVERSE=False, X_IS_Q=False, **shapes)
+        if not causal:
+            _states((B * H,), q, gb, v, states[:, 1], T, scale, states.stride(0), REVERSE=True, X_IS_Q=False,
+                    **shapes)
+        _out((NT, B * H), q, g, gb, v, o, states, T, scale, BIDIR=not causal, SEP_GB=sep, **shapes)
+    else:
+        states = v.new_empty(B * H, NT * K * V if not causal else 1, dtype=torch.float32)
+        _fwd((B * H,), q, g, gb, v, o, states, T, scale, BIDIR=not causal, SEP_GB=sep, **shapes)
     return o
 
 

@@ -172,6 +172,30 @@ def test_chunks_of_both_gate_regimes_in_one_call(backend):
                      TOL[torch.float32])
 
 
+@pytest.mark.skipif(not TRITON_OK, reason='Triton needs CUDA or TRITON_INTERPRET=1')
+@pytest.mark.parametrize('path', ['fused', 'parallel'])
+@pytest.mark.parametrize('causal', [False, True])
+def test_forward_paths(monkeypatch, path, causal):
+    """Both Triton forward paths (fused; chunk-parallel: states kernels, then one program per chunk) against the
+    oracle over 4 chunks with padding, both gate regimes and separate backward gates, gradients included."""
+    monkeypatch.setenv('METALA_FWD_PATH', path)
+    x, mask = make_inputs(2, 200, 2, 16, 32, sep=not causal, masked=True, aug=True, seed=12)
+    near_zero = (torch.arange(200) // 64 % 2 == 1)[None, :, None, None]
+    for name in set(x) & {'g', 'g_bwd'}:
+        x[name] = torch.where(near_zero, x[name] * 20 - 10, x[name] * 0.1)
+    do = torch.randn(2, 200, 2, 32, dtype=torch.float64)
+    assert_close(run(x, mask, torch.float32, do, causal=causal, backend='triton'), oracle(x, mask, do, causal),
+                 TOL[torch.float32])
+
+
+@pytest.mark.skipif(not TRITON_OK, reason='Triton needs CUDA or TRITON_INTERPRET=1')
+def test_forward_path_setting_is_checked(monkeypatch):
+    monkeypatch.setenv('METALA_FWD_PATH', 'fast')
+    x, _ = make_inputs(1, 8, 1, 16, 16)
+    with pytest.raises(ValueError, match="METALA_FWD_PATH must be 'auto', 'fused' or 'parallel'"):
+        metala_attn(*(x[n].float().to(DEVICE) for n in 'qgv'), backend='triton')
+
+
 @pytest.mark.parametrize('g_value', [-1e-7, -20.0])
 def test_long_sequence_extreme_gates(g_value):
     """T = 65536 in fp32 (Triton on CUDA, PyTorch on the CPU): finite and equal to the float64 chunked path."""
