@@ -360,6 +360,83 @@ def _metala_bwd_kernel(q, g, gb, v, do, dq, dg, dgb, dv, T, scale,
         _store_chunk(dv, dv_t, t0, T, V, H * V, BT)
 
 
+@triton.jit
+def _metala_bwd_chunk_kernel(q, g, gb, v, do, dq, dg, dgb, dv, states, T, scale,
+                             H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                             BIDIR: tl.constexpr, SEP_GB: tl.constexpr, PREC: tl.constexpr):
+    """Chunk-parallel backward: one program per (chunk, batch, head), from the states around the chunk,
+    states [B*H, 2 + 2 BIDIR, N, K, V] = S, dS, R, dR (see _store_entering_states).  dq, dg, dgb, dv: fp32;
+    without SEP_GB, dgb is dg and receives nothing.
+
+    The gate gradient of a token sums dlam = q dq - k dk over every later token of the sequence.  The part from
+    later chunks equals the pairs that cross the chunk's right edge, sum_v S_{n+1} dS_n (forward scan) and
+    sum_v R_n dR_{n+1} (backward scan), so no pass over the other chunks is needed."""
+    n = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    row0 = (i_bh // H * T * H + i_bh % H).to(tl.int64)
+    q, g, gb, dq, dg, dgb = q + row0 * K, g + row0 * K, gb + row0 * K, dq + row0 * K, dg + row0 * K, dgb + row0 * K
+    v, do, dv = v + row0 * V, do + row0 * V, dv + row0 * V
+    NT = tl.cdiv(T, BT)
+    DIRS: tl.constexpr = 4 if BIDIR else 2
+    states += i_bh.to(tl.int64) * DIRS * NT * K * V
+    offs = tl.arange(0, K)[:, None] * V + tl.arange(0, V)[None, :]
+    has_next = (offs >= 0) & (n + 1 < NT)  # the state entering the next chunk; none after the last
+    rows = tl.arange(0, BT)
+    fwd_seen = rows[:, None] >= rows[None, :]
+    DT = v.dtype.element_ty
+    t0 = n * BT
+
+    qc = _load_chunk(q, t0, T, K, H * K, BT).to(tl.float32)
+    gc = _load_chunk(g, t0, T, K, H * K, BT).to(tl.float32)
+    vc = _load_chunk(v, t0, T, V, H * V, BT)
+    doc = (_load_chunk(do, t0, T, V, H * V, BT) * scale).to(DT)
+    da = tl.dot(doc, tl.trans(vc), input_precision=PREC)
+    diag = tl.sum(doc.to(tl.float32) * vc.to(tl.float32), axis=1)[:, None]  # dA_ii
+
+    s = tl.load(states + n * K * V + offs)
+    ds = tl.load(states + (NT + n) * K * V + offs)
+    s_next = tl.load(states + (n + 1) * K * V + offs, mask=has_next, other=0.)
+    k, lam, qf, kf, decay = _forward_scan_gates(gc)
+    fast = tl.min(decay) >= MIN_CHUNK_DECAY
+    a_f = _scores(qc, k, gc, lam, fwd_seen, fast, False, BT, DT, PREC)
+    dq_f, dk_f = _scores_grad(qc, k, gc, lam, da, rows[:, None] > rows[None, :], fast, False, BT, DT, PREC)
+    dq_f += qf * tl.dot(doc, tl.trans(s.to(DT)), input_precision=PREC)
+    dk_f += kf * tl.dot(vc, tl.trans(ds.to(DT)), input_precision=PREC)
+    dv_t = tl.dot(tl.trans(a_f.to(DT)), doc, input_precision=PREC) \
+        + tl.dot((k * kf).to(DT), ds.to(DT), input_precision=PREC)
+    dlam_f = qc * dq_f - k * dk_f
+    carry_f = tl.sum(s_next * ds, axis=1)
+    dg_t = tl.cumsum(dlam_f, axis=0, reverse=True) + carry_f[None, :] - tl.exp(gc) * (dk_f + qc * diag)
+    dq_t = dq_f + k * diag
+    if BIDIR:
+        if SEP_GB:
+            gbc = _load_chunk(gb, t0, T, K, H * K, BT).to(tl.float32)
+        else:
+            gbc = gc
+        r = tl.load(states + (2 * NT + n) * K * V + offs)
+        dr = tl.load(states + (3 * NT + n) * K * V + offs)
+        dr_next = tl.load(states + (3 * NT + n + 1) * K * V + offs, mask=has_next, other=0.)
+        kb, lam_b, qf_b, kf_b, decay_b = _backward_scan_gates(gbc)
+        fast = tl.min(decay_b) >= MIN_CHUNK_DECAY
+        a_b = _scores(qc, kb, gbc, lam_b, ~fwd_seen, fast, True, BT, DT, PREC)
+        dq_b, dk_b = _scores_grad(qc, kb, gbc, lam_b, da, ~fwd_seen, fast, True, BT, DT, PREC)
+        dq_b += qf_b * tl.dot(doc, tl.trans(r.to(DT)), input_precision=PREC)
+        dk_b += kf_b * tl.dot(vc, tl.trans(dr.to(DT)), input_precision=PREC)
+        dv_t += tl.dot(tl.trans(a_b.to(DT)), doc, input_precision=PREC) \
+            + tl.dot((kb * kf_b).to(DT), dr.to(DT), input_precision=PREC)
+        dlam_b = qc * dq_b - kb * dk_b
+        carry_b = tl.sum(r * dr_next, axis=1)
+        dgb_t = carry_b[None, :] - tl.cumsum(dlam_b, axis=0, reverse=True) + dlam_b - tl.exp(gbc) * dk_b
+        dq_t += dq_b
+        if SEP_GB:
+            _store_chunk(dgb, dgb_t, t0, T, K, H * K, BT)
+        else:
+            dg_t += dgb_t
+    _store_chunk(dq, dq_t, t0, T, K, H * K, BT)
+    _store_chunk(dg, dg_t, t0, T, K, H * K, BT)
+    _store_chunk(dv, dv_t, t0, T, V, H * V, BT)
+
+
 def _chunk_len(T, K, V):
     """Tokens a chunk: 64 (32 with a 128-wide head, for shared memory), fewer for short sequences
     (tl.dot needs 16 at least)."""
@@ -389,17 +466,18 @@ _fwd = _launcher(_metala_fwd_kernel, FWD_CONFIGS)
 _states = _launcher(_metala_states_kernel, FWD_CONFIGS, key=('H', 'K', 'V', 'BT', 'REVERSE', 'X_IS_Q'))
 _out = _launcher(_metala_out_kernel, FWD_CONFIGS)
 _bwd = _launcher(_metala_bwd_kernel, BWD_CONFIGS)
+_bwd_chunks = _launcher(_metala_bwd_chunk_kernel, BWD_CONFIGS)
 
 
 def _chunk_parallel(device, programs, chunks):
-    """Whether the forward takes the chunk-parallel path (a states kernel per scan direction, then one program
-    per chunk for the outputs) rather than the fused kernel (one program per (batch, head) for everything).
-    The fused kernel wins when its programs fill the GPU; with few (batch, head) pairs and many chunks
-    (long sequences, high resolution at small batch) it runs serially on a few SMs.  Provisional rule:
-    parallel below 4 programs per SM.  METALA_FWD_PATH=fused|parallel forces a path (benchmarks, tests)."""
-    path = os.environ.get('METALA_FWD_PATH', 'auto')
+    """Whether forward and backward take the chunk-parallel path (a states kernel per scan and direction, then
+    one program per chunk) rather than the fused kernels (one program per (batch, head) for everything).  The
+    fused kernels win when their programs fill the GPU; with few (batch, head) pairs and many chunks (long
+    sequences, high resolution at small batch) they run serially on a few SMs.  Provisional rule, to be set by
+    measurement: parallel below 4 programs per SM.  METALA_CHUNK_PATH=fused|parallel forces a path."""
+    path = os.environ.get('METALA_CHUNK_PATH', 'auto')
     if path not in ('auto', 'fused', 'parallel'):
-        raise ValueError(f"METALA_FWD_PATH must be 'auto', 'fused' or 'parallel', got {path!r}")
+        raise ValueError(f"METALA_CHUNK_PATH must be 'auto', 'fused' or 'parallel', got {path!r}")
     if path != 'auto':
         return path == 'parallel'
     if chunks == 1 or device.type != 'cuda':
@@ -440,8 +518,23 @@ def _chunk_bwd(q: torch.Tensor, g: torch.Tensor, gb: torch.Tensor, v: torch.Tens
     dg = torch.empty_like(dq)
     dgb = torch.empty_like(dq) if sep else dq.new_empty(0)
     dv = torch.empty(v.shape, dtype=torch.float32, device=v.device)
-    _bwd((B * H,), q, g, gb, v, do.contiguous(), dq, dg, dgb if sep else dg, dv, T, scale, H=H, K=K, V=V,
-         BT=_chunk_len(T, K, V), BIDIR=not causal, SEP_GB=sep, PREC=_precision(v))
+    do = do.contiguous()
+    BT = _chunk_len(T, K, V)
+    NT = triton.cdiv(T, BT)
+    shapes = dict(H=H, K=K, V=V, BT=BT, PREC=_precision(v))
+    if _chunk_parallel(q.device, B * H, NT):
+        states = v.new_empty(B * H, 2 if causal else 4, NT, K, V, dtype=torch.float32)
+        scans = [(v, g, 0, False, False), (do, g, 1, True, True)]  # (y, gates, slot, REVERSE, X_IS_Q): S, dS
+        if not causal:
+            scans += [(v, gb, 2, True, False), (do, gb, 3, False, True)]  # R, dR
+        for y, gates, slot, reverse, x_is_q in scans:
+            _states((B * H,), q, gates, y, states[:, slot], T, scale, states.stride(0), REVERSE=reverse,
+                    X_IS_Q=x_is_q, **shapes)
+        _bwd_chunks((NT, B * H), q, g, gb, v, do, dq, dg, dgb if sep else dg, dv, states, T, scale,
+                    BIDIR=not causal, SEP_GB=sep, **shapes)
+    else:
+        _bwd((B * H,), q, g, gb, v, do, dq, dg, dgb if sep else dg, dv, T, scale, BIDIR=not causal, SEP_GB=sep,
+             **shapes)
     return dq, dg, dgb, dv
 
 

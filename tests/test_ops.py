@@ -13,10 +13,20 @@ from metala_kernels.chunk_torch import readout_torch
 
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 TRITON_OK = DEVICE == 'cuda' or os.environ.get('TRITON_INTERPRET') == '1'
-BACKENDS = ['torch', pytest.param('triton', marks=pytest.mark.skipif(
-    not TRITON_OK, reason='Triton needs CUDA or TRITON_INTERPRET=1'))]
+NEEDS_TRITON = pytest.mark.skipif(not TRITON_OK, reason='Triton needs CUDA or TRITON_INTERPRET=1')
+BACKENDS = ['torch', pytest.param('triton', marks=NEEDS_TRITON)]
 # ||out - ref|| / ||ref|| allowed per input dtype
 TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 5e-3}
+
+
+@pytest.fixture(params=['torch', pytest.param('triton', marks=NEEDS_TRITON),
+                        pytest.param('triton-parallel', marks=NEEDS_TRITON)])
+def backend(request, monkeypatch):
+    """metala_attn's backend; the Triton one on each of its paths (fused kernels, chunk-parallel kernels)."""
+    if request.param == 'torch':
+        return 'torch'
+    monkeypatch.setenv('METALA_CHUNK_PATH', 'parallel' if request.param == 'triton-parallel' else 'fused')
+    return 'triton'
 
 
 def rel_err(out, ref):
@@ -73,7 +83,6 @@ def test_references_agree():
         assert rel_err(a, b) < 1e-12
 
 
-@pytest.mark.parametrize('backend', BACKENDS)
 @pytest.mark.parametrize('causal', [False, True])
 @pytest.mark.parametrize('T', [1, 7, 63, 65, 197])
 def test_matches_oracle(backend, causal, T):
@@ -86,7 +95,6 @@ def test_matches_oracle(backend, causal, T):
     assert_close(out, ref, TOL[torch.float32])
 
 
-@pytest.mark.parametrize('backend', BACKENDS)
 @pytest.mark.parametrize('K,V', [(32, 64), (64, 64), (128, 32)])
 def test_head_dims(backend, K, V):
     x, mask = make_inputs(1, 40, 2, K, V)
@@ -95,7 +103,6 @@ def test_head_dims(backend, K, V):
 
 
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize('backend', BACKENDS)
 def test_half_precision(backend, dtype):
     """Half inputs: result in the input dtype, error measured against the oracle on the rounded inputs."""
     if backend == 'triton' and dtype == torch.bfloat16 and DEVICE == 'cpu':
@@ -108,7 +115,6 @@ def test_half_precision(backend, dtype):
     assert_close(out, oracle(x, mask, do, False), TOL[dtype])
 
 
-@pytest.mark.parametrize('backend', BACKENDS)
 def test_matches_fla_gla_in_causal_mode(backend):
     """Causal mode is fla's GLA with k = 1 - alpha: naive_recurrent_gla(q, 1 - alpha, v, log alpha)."""
     from fla.ops.gla.naive import naive_recurrent_gla
@@ -118,7 +124,6 @@ def test_matches_fla_gla_in_causal_mode(backend):
     assert rel_err(o.cpu(), ref) < TOL[torch.float32]
 
 
-@pytest.mark.parametrize('backend', BACKENDS)
 def test_bidirectional_is_causal_plus_flipped_causal_minus_diagonal(backend):
     q, g, v = (x.float().to(DEVICE) for x in make_inputs(2, 70, 2, 16, 16)[0].values())
     bidir = metala_attn(q, g, v, backend=backend)
@@ -128,7 +133,6 @@ def test_bidirectional_is_causal_plus_flipped_causal_minus_diagonal(backend):
     assert rel_err(bidir, fwd + bwd - diag) < 1e-5
 
 
-@pytest.mark.parametrize('backend', BACKENDS)
 @pytest.mark.parametrize('causal', [False, True])
 def test_padding_invariance(backend, causal):
     """Appending pads of random content changes no real output or gradient; pads output exactly zero."""
@@ -148,7 +152,6 @@ def test_padding_invariance(backend, causal):
         assert rel_err(cut, short[name]) < 1e-5, name
 
 
-@pytest.mark.parametrize('backend', BACKENDS)
 @pytest.mark.parametrize('g_value', [-1e-7, -20.0])
 def test_extreme_gates(backend, g_value):
     """alpha -> 1 and alpha ~ 2e-9 (the chunk fallback path): finite and equal to the oracle."""
@@ -158,7 +161,6 @@ def test_extreme_gates(backend, g_value):
     assert_close(run(x, mask, torch.float32, do, backend=backend), oracle(x, mask, do, False), TOL[torch.float32])
 
 
-@pytest.mark.parametrize('backend', BACKENDS)
 def test_chunks_of_both_gate_regimes_in_one_call(backend):
     """Chunks whose decay is exact as one product (alpha near 1) beside chunks that need the per-pair decays
     (alpha near 0), in one call: both paths, and the seams between them, against the oracle."""
@@ -172,15 +174,16 @@ def test_chunks_of_both_gate_regimes_in_one_call(backend):
                      TOL[torch.float32])
 
 
-@pytest.mark.skipif(not TRITON_OK, reason='Triton needs CUDA or TRITON_INTERPRET=1')
+@NEEDS_TRITON
 @pytest.mark.parametrize('path', ['fused', 'parallel'])
 @pytest.mark.parametrize('causal', [False, True])
-def test_forward_paths(monkeypatch, path, causal):
-    """Both Triton forward paths (fused; chunk-parallel: states kernels, then one program per chunk) against the
-    oracle over 4 chunks with padding, both gate regimes and separate backward gates, gradients included."""
-    monkeypatch.setenv('METALA_FWD_PATH', path)
+def test_chunk_paths(monkeypatch, path, causal):
+    """Both Triton paths (fused; chunk-parallel: states kernels, then one program per chunk) against the
+    oracle over 4 chunks with padding, separate backward gates and a chunk that needs per-pair decays (alpha ~ 0
+    in its middle) between chunks that do not, gradients included."""
+    monkeypatch.setenv('METALA_CHUNK_PATH', path)
     x, mask = make_inputs(2, 200, 2, 16, 32, sep=not causal, masked=True, aug=True, seed=12)
-    near_zero = (torch.arange(200) // 64 % 2 == 1)[None, :, None, None]
+    near_zero = ((torch.arange(200) - 80).abs() < 16)[None, :, None, None]  # inside chunk 1, away from its edges
     for name in set(x) & {'g', 'g_bwd'}:
         x[name] = torch.where(near_zero, x[name] * 20 - 10, x[name] * 0.1)
     do = torch.randn(2, 200, 2, 32, dtype=torch.float64)
@@ -188,11 +191,11 @@ def test_forward_paths(monkeypatch, path, causal):
                  TOL[torch.float32])
 
 
-@pytest.mark.skipif(not TRITON_OK, reason='Triton needs CUDA or TRITON_INTERPRET=1')
-def test_forward_path_setting_is_checked(monkeypatch):
-    monkeypatch.setenv('METALA_FWD_PATH', 'fast')
+@NEEDS_TRITON
+def test_chunk_path_setting_is_checked(monkeypatch):
+    monkeypatch.setenv('METALA_CHUNK_PATH', 'fast')
     x, _ = make_inputs(1, 8, 1, 16, 16)
-    with pytest.raises(ValueError, match="METALA_FWD_PATH must be 'auto', 'fused' or 'parallel'"):
+    with pytest.raises(ValueError, match="METALA_CHUNK_PATH must be 'auto', 'fused' or 'parallel'"):
         metala_attn(*(x[n].float().to(DEVICE) for n in 'qgv'), backend='triton')
 
 
@@ -208,7 +211,6 @@ def test_long_sequence_extreme_gates(g_value):
     assert rel_err(o.cpu(), ref) < TOL[torch.float32]
 
 
-@pytest.mark.parametrize('backend', BACKENDS)
 def test_non_contiguous_inputs(backend):
     x, _ = make_inputs(2, 20, 2, 16, 16)
     q, g, v = (t.float().to(DEVICE).transpose(1, 2).contiguous().transpose(1, 2) for t in x.values())
@@ -217,7 +219,6 @@ def test_non_contiguous_inputs(backend):
     assert rel_err(metala_attn(q, g, v, backend=backend), ref) < TOL[torch.float32]
 
 
-@pytest.mark.parametrize('backend', BACKENDS)
 @pytest.mark.parametrize('causal', [False, True])
 def test_torch_compile_fullgraph(backend, causal):
     """torch.compile keeps the operator in one graph (the Triton kernels are a custom op) and matches eager."""
