@@ -1,17 +1,23 @@
-"""Chunked MetaLA attention in Triton: fused bidirectional (and causal) forward and backward kernels.
+"""Chunked MetaLA attention in Triton: bidirectional (and causal) forward and backward kernels, on two paths.
 
-One program handles one (batch, head) and runs over the chunks of BT tokens twice, once in each direction:
+Fused (the default): one program handles one (batch, head) and runs over the chunks of BT tokens twice, once in
+each direction:
 
 - forward:  right to left, store the backward state R entering every chunk (fp32 scratch [N, K, V]);
             left to right, o = intra-chunk scores @ v + (q * e^lam) S + (q * e^lam_b) R, with S carried.
 - backward: left to right, dq of the forward scan, dk and dv of the backward scan;
             right to left, the rest, the gate gradients (reverse cumulative sums) and the totals.
 
+Chunk-parallel (METALA_CHUNK_PATH=parallel): a states kernel per scan stores the state entering every chunk
+(S, R; and dS, dR for the backward), then one program per (chunk, batch, head) computes that chunk's outputs or
+gradients from them.  Same per-chunk helpers, same results; more programs for few (batch, head) pairs.
+
 A scan direction is described by a log-decay lam [BT, K] over the chunk: the decay between a query i and a
 key j it sees is exp(lam_i - lam_j) <= 1, per channel.  Forward: lam = inclusive cumsum of g, keys j <= i.
 Backward: lam = -(exclusive cumsum of g_bwd), keys j > i.  Within a chunk the scores are one matrix
 product of q * e^lam and k * e^-lam when the chunk's total decay is at least e^-30 (exact, no
-overflow); when the chunk decays below e^-30 (alpha near 0) a per-key loop computes every pair's decay with exponents <= 0.
+overflow); when the chunk decays below e^-30 (alpha near 0) a per-key loop computes every pair's decay with
+exponents <= 0.
 k = 1 - exp(g) is computed here: the kernels read only q, g, v (and do).
 """
 import os
@@ -38,6 +44,19 @@ def _store_chunk(ptr, x, t0, T, D: tl.constexpr, STRIDE_T: tl.constexpr, BT: tl.
     rows = t0 + tl.arange(0, BT)
     tl.store(ptr + rows[:, None] * STRIDE_T + tl.arange(0, D)[None, :], x.to(ptr.dtype.element_ty),
              mask=(rows < T)[:, None])
+
+
+@triton.jit
+def _load_chunk_inputs(q, g, gb, v, t0, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                       BIDIR: tl.constexpr, SEP_GB: tl.constexpr):
+    """q, g, g_bwd (fp32; g_bwd is g unless SEP_GB) and v (its dtype) of the chunk at t0."""
+    qc = _load_chunk(q, t0, T, K, H * K, BT).to(tl.float32)
+    gc = _load_chunk(g, t0, T, K, H * K, BT).to(tl.float32)
+    if BIDIR and SEP_GB:
+        gbc = _load_chunk(gb, t0, T, K, H * K, BT).to(tl.float32)
+    else:
+        gbc = gc
+    return qc, gc, gbc, _load_chunk(v, t0, T, V, H * V, BT)
 
 
 @triton.jit
@@ -119,6 +138,45 @@ def _scores_grad(q, k, g, lam, da, seen, fast, REVERSE: tl.constexpr, BT: tl.con
 
 
 @triton.jit
+def _query_grad(qc, k, g, lam, qf, da, doc, state, seen, fast, REVERSE: tl.constexpr, BT: tl.constexpr,
+                DT: tl.constexpr, PREC: tl.constexpr):
+    """dq [BT, K] of one scan over a chunk: its pairs within the chunk (seen) and the state entering it."""
+    dq, _ = _scores_grad(qc, k, g, lam, da, seen, fast, REVERSE, BT, DT, PREC)
+    return dq + qf * tl.dot(doc, tl.trans(state.to(DT)), input_precision=PREC)
+
+
+@triton.jit
+def _key_value_grads(qc, k, g, lam, kf, da, doc, vc, dstate, seen, seen_grad, fast, REVERSE: tl.constexpr,
+                     BT: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
+    """(dk [BT, K], dv [BT, V]) of one scan over a chunk: its pairs within the chunk (seen; seen_grad for dk,
+    which leaves the diagonal to the caller) and the gradient dstate of the state leaving it."""
+    a = _scores(qc, k, g, lam, seen, fast, REVERSE, BT, DT, PREC)
+    _, dk = _scores_grad(qc, k, g, lam, da, seen_grad, fast, REVERSE, BT, DT, PREC)
+    dk += kf * tl.dot(vc, tl.trans(dstate.to(DT)), input_precision=PREC)
+    dv = tl.dot(tl.trans(a.to(DT)), doc, input_precision=PREC) \
+        + tl.dot((k * kf).to(DT), dstate.to(DT), input_precision=PREC)
+    return dk, dv
+
+
+@triton.jit
+def _forward_gate_grad(qc, k, gc, dq_f, dk_f, diag, later):
+    """dg [BT, K] of the forward scan, and the chunk's sum of dlam = q dq - k dk: dg_s = sum_{t >= s} dlam_t
+    - e^g (dk + q dA_ss), with later = the sum of dlam over the chunks after this one."""
+    dlam = qc * dq_f - k * dk_f
+    return tl.cumsum(dlam, axis=0, reverse=True) + later[None, :] - tl.exp(gc) * (dk_f + qc * diag), \
+        tl.sum(dlam, axis=0)
+
+
+@triton.jit
+def _backward_gate_grad(qc, kb, gbc, dq_b, dk_b, later):
+    """dg [BT, K] of the backward scan, and the chunk's sum of dlam: dg_s = -sum_{t > s} dlam_t - e^g dk, with
+    later = minus the sum of dlam over the chunks after this one."""
+    dlam = qc * dq_b - kb * dk_b
+    return later[None, :] - tl.cumsum(dlam, axis=0, reverse=True) + dlam - tl.exp(gbc) * dk_b, \
+        tl.sum(dlam, axis=0)
+
+
+@triton.jit
 def _chunk_output(qc, gc, gbc, vc, s, r, BIDIR: tl.constexpr, BT: tl.constexpr, DT: tl.constexpr,
                   PREC: tl.constexpr):
     """One chunk's output before the scale, [BT, V]: intra-chunk scores @ v + (q e^lam) S + (q e^lam_b) R, from
@@ -195,13 +253,7 @@ def _metala_fwd_kernel(q, g, gb, v, o, states, T, scale,
     s = tl.zeros([K, V], dtype=tl.float32)
     for n in range(NT):
         t0 = n * BT
-        qc = _load_chunk(q, t0, T, K, H * K, BT).to(tl.float32)
-        gc = _load_chunk(g, t0, T, K, H * K, BT).to(tl.float32)
-        vc = _load_chunk(v, t0, T, V, H * V, BT)
-        if BIDIR and SEP_GB:
-            gbc = _load_chunk(gb, t0, T, K, H * K, BT).to(tl.float32)
-        else:
-            gbc = gc
+        qc, gc, gbc, vc = _load_chunk_inputs(q, g, gb, v, t0, T, H, K, V, BT, BIDIR, SEP_GB)
         if BIDIR:
             r = tl.load(states + n * K * V + state_offs)
         else:
@@ -239,13 +291,7 @@ def _metala_out_kernel(q, g, gb, v, o, states, T, scale,
     state_offs = tl.arange(0, K)[:, None] * V + tl.arange(0, V)[None, :]
     DT = v.dtype.element_ty
     t0 = n * BT
-    qc = _load_chunk(q, t0, T, K, H * K, BT).to(tl.float32)
-    gc = _load_chunk(g, t0, T, K, H * K, BT).to(tl.float32)
-    vc = _load_chunk(v, t0, T, V, H * V, BT)
-    if BIDIR and SEP_GB:
-        gbc = _load_chunk(gb, t0, T, K, H * K, BT).to(tl.float32)
-    else:
-        gbc = gc
+    qc, gc, gbc, vc = _load_chunk_inputs(q, g, gb, v, t0, T, H, K, V, BT, BIDIR, SEP_GB)
     s = tl.load(states + state_offs)
     if BIDIR:
         r = tl.load(states + NT * K * V + state_offs)
@@ -279,29 +325,18 @@ def _metala_bwd_kernel(q, g, gb, v, do, dq, dg, dgb, dv, T, scale,
     dr = tl.zeros([K, V], dtype=tl.float32)
     for n in range(NT):
         t0 = n * BT
-        qc = _load_chunk(q, t0, T, K, H * K, BT).to(tl.float32)
-        gc = _load_chunk(g, t0, T, K, H * K, BT).to(tl.float32)
-        vc = _load_chunk(v, t0, T, V, H * V, BT)
+        qc, gc, gbc, vc = _load_chunk_inputs(q, g, gb, v, t0, T, H, K, V, BT, BIDIR, SEP_GB)
         doc = (_load_chunk(do, t0, T, V, H * V, BT) * scale).to(DT)
         da = tl.dot(doc, tl.trans(vc), input_precision=PREC)
         k, lam, qf, kf, decay = _forward_scan_gates(gc)
-        dq_f, _ = _scores_grad(qc, k, gc, lam, da, fwd_seen_off_diag, tl.min(decay) >= MIN_CHUNK_DECAY, False,
-                               BT, DT, PREC)
-        dq_f += qf * tl.dot(doc, tl.trans(s.to(DT)), input_precision=PREC)
+        dq_f = _query_grad(qc, k, gc, lam, qf, da, doc, s, fwd_seen_off_diag, tl.min(decay) >= MIN_CHUNK_DECAY,
+                           False, BT, DT, PREC)
         _store_chunk(dq, dq_f, t0, T, K, H * K, BT)
         s = decay[:, None] * s + tl.dot(tl.trans((k * kf).to(DT)), vc, input_precision=PREC)
         if BIDIR:
-            if SEP_GB:
-                gbc = _load_chunk(gb, t0, T, K, H * K, BT).to(tl.float32)
-            else:
-                gbc = gc
             kb, lam_b, qf_b, kf_b, decay_b = _backward_scan_gates(gbc)
-            fast = tl.min(decay_b) >= MIN_CHUNK_DECAY
-            a_b = _scores(qc, kb, gbc, lam_b, ~fwd_seen, fast, True, BT, DT, PREC)
-            _, dk_b = _scores_grad(qc, kb, gbc, lam_b, da, ~fwd_seen, fast, True, BT, DT, PREC)
-            dk_b += kf_b * tl.dot(vc, tl.trans(dr.to(DT)), input_precision=PREC)
-            dv_b = tl.dot(tl.trans(a_b.to(DT)), doc, input_precision=PREC) \
-                + tl.dot((kb * kf_b).to(DT), dr.to(DT), input_precision=PREC)
+            dk_b, dv_b = _key_value_grads(qc, kb, gbc, lam_b, kf_b, da, doc, vc, dr, ~fwd_seen, ~fwd_seen,
+                                          tl.min(decay_b) >= MIN_CHUNK_DECAY, True, BT, DT, PREC)
             _store_chunk(dgb, dk_b, t0, T, K, H * K, BT)
             _store_chunk(dv, dv_b, t0, T, V, H * V, BT)
             dr = decay_b[:, None] * dr + tl.dot(tl.trans((qc * qf_b).to(DT)), doc, input_precision=PREC)
@@ -315,39 +350,26 @@ def _metala_bwd_kernel(q, g, gb, v, do, dq, dg, dgb, dv, T, scale,
     carry_b = tl.zeros([K], dtype=tl.float32)
     for i in range(NT):
         t0 = (NT - 1 - i) * BT
-        qc = _load_chunk(q, t0, T, K, H * K, BT).to(tl.float32)
-        gc = _load_chunk(g, t0, T, K, H * K, BT).to(tl.float32)
-        vc = _load_chunk(v, t0, T, V, H * V, BT)
+        qc, gc, gbc, vc = _load_chunk_inputs(q, g, gb, v, t0, T, H, K, V, BT, BIDIR, SEP_GB)
         doc = (_load_chunk(do, t0, T, V, H * V, BT) * scale).to(DT)
         da = tl.dot(doc, tl.trans(vc), input_precision=PREC)
         k, lam, qf, kf, decay = _forward_scan_gates(gc)
-        fast = tl.min(decay) >= MIN_CHUNK_DECAY
-        a_f = _scores(qc, k, gc, lam, fwd_seen, fast, False, BT, DT, PREC)
-        _, dk_f = _scores_grad(qc, k, gc, lam, da, fwd_seen_off_diag, fast, False, BT, DT, PREC)
-        dk_f += kf * tl.dot(vc, tl.trans(ds.to(DT)), input_precision=PREC)
-        dv_t = tl.dot(tl.trans(a_f.to(DT)), doc, input_precision=PREC) \
-            + tl.dot((k * kf).to(DT), ds.to(DT), input_precision=PREC)
+        dk_f, dv_t = _key_value_grads(qc, k, gc, lam, kf, da, doc, vc, ds, fwd_seen, fwd_seen_off_diag,
+                                      tl.min(decay) >= MIN_CHUNK_DECAY, False, BT, DT, PREC)
         dq_f = _load_chunk(dq, t0, T, K, H * K, BT)
-        dlam_f = qc * dq_f - k * dk_f
         diag = tl.sum(doc.to(tl.float32) * vc.to(tl.float32), axis=1)[:, None]  # dA_ii
-        dg_t = tl.cumsum(dlam_f, axis=0, reverse=True) + carry_f[None, :] - tl.exp(gc) * (dk_f + qc * diag)
+        dg_t, chunk_sum = _forward_gate_grad(qc, k, gc, dq_f, dk_f, diag, carry_f)
         dq_t = dq_f + k * diag
-        carry_f += tl.sum(dlam_f, axis=0)
+        carry_f += chunk_sum
         ds = decay[:, None] * ds + tl.dot(tl.trans((qc * qf).to(DT)), doc, input_precision=PREC)
         if BIDIR:
-            if SEP_GB:
-                gbc = _load_chunk(gb, t0, T, K, H * K, BT).to(tl.float32)
-            else:
-                gbc = gc
             kb, lam_b, qf_b, kf_b, decay_b = _backward_scan_gates(gbc)
-            fast = tl.min(decay_b) >= MIN_CHUNK_DECAY
-            dq_b, _ = _scores_grad(qc, kb, gbc, lam_b, da, ~fwd_seen, fast, True, BT, DT, PREC)
-            dq_b += qf_b * tl.dot(doc, tl.trans(r.to(DT)), input_precision=PREC)
+            dq_b = _query_grad(qc, kb, gbc, lam_b, qf_b, da, doc, r, ~fwd_seen, tl.min(decay_b) >= MIN_CHUNK_DECAY,
+                               True, BT, DT, PREC)
             dk_b = _load_chunk(dgb, t0, T, K, H * K, BT)
             dv_t += _load_chunk(dv, t0, T, V, H * V, BT)
-            dlam_b = qc * dq_b - kb * dk_b
-            dgb_t = carry_b[None, :] - tl.cumsum(dlam_b, axis=0, reverse=True) + dlam_b - tl.exp(gbc) * dk_b
-            carry_b -= tl.sum(dlam_b, axis=0)
+            dgb_t, chunk_sum = _backward_gate_grad(qc, kb, gbc, dq_b, dk_b, carry_b)
+            carry_b -= chunk_sum
             dq_t += dq_b
             tl.debug_barrier()  # dgb may alias dg: every read of this chunk before its writes
             if SEP_GB:
@@ -386,9 +408,7 @@ def _metala_bwd_chunk_kernel(q, g, gb, v, do, dq, dg, dgb, dv, states, T, scale,
     DT = v.dtype.element_ty
     t0 = n * BT
 
-    qc = _load_chunk(q, t0, T, K, H * K, BT).to(tl.float32)
-    gc = _load_chunk(g, t0, T, K, H * K, BT).to(tl.float32)
-    vc = _load_chunk(v, t0, T, V, H * V, BT)
+    qc, gc, gbc, vc = _load_chunk_inputs(q, g, gb, v, t0, T, H, K, V, BT, BIDIR, SEP_GB)
     doc = (_load_chunk(do, t0, T, V, H * V, BT) * scale).to(DT)
     da = tl.dot(doc, tl.trans(vc), input_precision=PREC)
     diag = tl.sum(doc.to(tl.float32) * vc.to(tl.float32), axis=1)[:, None]  # dA_ii
@@ -398,35 +418,23 @@ def _metala_bwd_chunk_kernel(q, g, gb, v, do, dq, dg, dgb, dv, states, T, scale,
     s_next = tl.load(states + (n + 1) * K * V + offs, mask=has_next, other=0.)
     k, lam, qf, kf, decay = _forward_scan_gates(gc)
     fast = tl.min(decay) >= MIN_CHUNK_DECAY
-    a_f = _scores(qc, k, gc, lam, fwd_seen, fast, False, BT, DT, PREC)
-    dq_f, dk_f = _scores_grad(qc, k, gc, lam, da, rows[:, None] > rows[None, :], fast, False, BT, DT, PREC)
-    dq_f += qf * tl.dot(doc, tl.trans(s.to(DT)), input_precision=PREC)
-    dk_f += kf * tl.dot(vc, tl.trans(ds.to(DT)), input_precision=PREC)
-    dv_t = tl.dot(tl.trans(a_f.to(DT)), doc, input_precision=PREC) \
-        + tl.dot((k * kf).to(DT), ds.to(DT), input_precision=PREC)
-    dlam_f = qc * dq_f - k * dk_f
-    carry_f = tl.sum(s_next * ds, axis=1)
-    dg_t = tl.cumsum(dlam_f, axis=0, reverse=True) + carry_f[None, :] - tl.exp(gc) * (dk_f + qc * diag)
+    fwd_seen_off_diag = rows[:, None] > rows[None, :]
+    dq_f = _query_grad(qc, k, gc, lam, qf, da, doc, s, fwd_seen_off_diag, fast, False, BT, DT, PREC)
+    dk_f, dv_t = _key_value_grads(qc, k, gc, lam, kf, da, doc, vc, ds, fwd_seen, fwd_seen_off_diag, fast, False,
+                                  BT, DT, PREC)
+    dg_t, _ = _forward_gate_grad(qc, k, gc, dq_f, dk_f, diag, tl.sum(s_next * ds, axis=1))
     dq_t = dq_f + k * diag
     if BIDIR:
-        if SEP_GB:
-            gbc = _load_chunk(gb, t0, T, K, H * K, BT).to(tl.float32)
-        else:
-            gbc = gc
         r = tl.load(states + (2 * NT + n) * K * V + offs)
         dr = tl.load(states + (3 * NT + n) * K * V + offs)
         dr_next = tl.load(states + (3 * NT + n + 1) * K * V + offs, mask=has_next, other=0.)
         kb, lam_b, qf_b, kf_b, decay_b = _backward_scan_gates(gbc)
         fast = tl.min(decay_b) >= MIN_CHUNK_DECAY
-        a_b = _scores(qc, kb, gbc, lam_b, ~fwd_seen, fast, True, BT, DT, PREC)
-        dq_b, dk_b = _scores_grad(qc, kb, gbc, lam_b, da, ~fwd_seen, fast, True, BT, DT, PREC)
-        dq_b += qf_b * tl.dot(doc, tl.trans(r.to(DT)), input_precision=PREC)
-        dk_b += kf_b * tl.dot(vc, tl.trans(dr.to(DT)), input_precision=PREC)
-        dv_t += tl.dot(tl.trans(a_b.to(DT)), doc, input_precision=PREC) \
-            + tl.dot((kb * kf_b).to(DT), dr.to(DT), input_precision=PREC)
-        dlam_b = qc * dq_b - kb * dk_b
-        carry_b = tl.sum(r * dr_next, axis=1)
-        dgb_t = carry_b[None, :] - tl.cumsum(dlam_b, axis=0, reverse=True) + dlam_b - tl.exp(gbc) * dk_b
+        dq_b = _query_grad(qc, kb, gbc, lam_b, qf_b, da, doc, r, ~fwd_seen, fast, True, BT, DT, PREC)
+        dk_b, dv_b = _key_value_grads(qc, kb, gbc, lam_b, kf_b, da, doc, vc, dr, ~fwd_seen, ~fwd_seen, fast, True,
+                                      BT, DT, PREC)
+        dgb_t, _ = _backward_gate_grad(qc, kb, gbc, dq_b, dk_b, tl.sum(r * dr_next, axis=1))
+        dv_t += dv_b
         dq_t += dq_b
         if SEP_GB:
             _store_chunk(dgb, dgb_t, t0, T, K, H * K, BT)
@@ -469,20 +477,16 @@ _bwd = _launcher(_metala_bwd_kernel, BWD_CONFIGS)
 _bwd_chunks = _launcher(_metala_bwd_chunk_kernel, BWD_CONFIGS)
 
 
-def _chunk_parallel(device, programs, chunks):
+def _chunk_parallel():
     """Whether forward and backward take the chunk-parallel path (a states kernel per scan and direction, then
-    one program per chunk) rather than the fused kernels (one program per (batch, head) for everything).  The
-    fused kernels win when their programs fill the GPU; with few (batch, head) pairs and many chunks (long
-    sequences, high resolution at small batch) they run serially on a few SMs.  Provisional rule, to be set by
-    measurement: parallel below 4 programs per SM.  METALA_CHUNK_PATH=fused|parallel forces a path."""
-    path = os.environ.get('METALA_CHUNK_PATH', 'auto')
-    if path not in ('auto', 'fused', 'parallel'):
-        raise ValueError(f"METALA_CHUNK_PATH must be 'auto', 'fused' or 'parallel', got {path!r}")
-    if path != 'auto':
-        return path == 'parallel'
-    if chunks == 1 or device.type != 'cuda':
-        return False
-    return programs < 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    one program per chunk) instead of the fused kernels (one program per (batch, head) for everything).  The
+    fused kernels fill a GPU when there are many (batch, head) pairs; with few pairs and many chunks (long
+    sequences, high resolution at small batch) they run serially on a few SMs, which the parallel path is for.
+    Until it is timed on a GPU (benchmarks/NOTES.md), it is opt-in: METALA_CHUNK_PATH=parallel."""
+    path = os.environ.get('METALA_CHUNK_PATH', 'fused')
+    if path not in ('fused', 'parallel'):
+        raise ValueError(f"METALA_CHUNK_PATH must be 'fused' or 'parallel', got {path!r}")
+    return path == 'parallel'
 
 
 @torch.library.custom_op('metala_kernels::chunk_fwd', mutates_args=())
@@ -495,7 +499,7 @@ def _chunk_fwd(q: torch.Tensor, g: torch.Tensor, gb: torch.Tensor, v: torch.Tens
     NT = triton.cdiv(T, BT)
     o = torch.empty_like(v)
     shapes = dict(H=H, K=K, V=V, BT=BT, PREC=_precision(v))
-    if _chunk_parallel(q.device, B * H, NT):
+    if _chunk_parallel():
         states = v.new_empty(B * H, 2 if not causal else 1, NT, K, V, dtype=torch.float32)
         _states((B * H,), q, g, v, states[:, 0], T, scale, states.stride(0), REVERSE=False, X_IS_Q=False, **shapes)
         if not causal:
@@ -522,7 +526,7 @@ def _chunk_bwd(q: torch.Tensor, g: torch.Tensor, gb: torch.Tensor, v: torch.Tens
     BT = _chunk_len(T, K, V)
     NT = triton.cdiv(T, BT)
     shapes = dict(H=H, K=K, V=V, BT=BT, PREC=_precision(v))
-    if _chunk_parallel(q.device, B * H, NT):
+    if _chunk_parallel():
         states = v.new_empty(B * H, 2 if causal else 4, NT, K, V, dtype=torch.float32)
         scans = [(v, g, 0, False, False), (do, g, 1, True, True)]  # (y, gates, slot, REVERSE, X_IS_Q): S, dS
         if not causal:

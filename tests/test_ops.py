@@ -195,7 +195,7 @@ def test_chunk_paths(monkeypatch, path, causal):
 def test_chunk_path_setting_is_checked(monkeypatch):
     monkeypatch.setenv('METALA_CHUNK_PATH', 'fast')
     x, _ = make_inputs(1, 8, 1, 16, 16)
-    with pytest.raises(ValueError, match="METALA_CHUNK_PATH must be 'auto', 'fused' or 'parallel'"):
+    with pytest.raises(ValueError, match="METALA_CHUNK_PATH must be 'fused' or 'parallel'"):
         metala_attn(*(x[n].float().to(DEVICE) for n in 'qgv'), backend='triton')
 
 
