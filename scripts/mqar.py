@@ -151,7 +151,7 @@ def run_mqar(args, device):
                            seconds=time.time() - t0)
                 results.append(row)
                 print(json.dumps(row), flush=True)
-    write_mqar_report(args, size, steps, lr, kinds, results, device)
+                write_mqar_report(args, size, steps, lr, kinds, results, device)  # after each run: none is lost
 
 
 def write_mqar_report(args, size, steps, lr, kinds, results, device):
@@ -178,7 +178,6 @@ def write_mqar_report(args, size, steps, lr, kinds, results, device):
         lines.append(f'| {r["seq_len"]} | {r["kv_pairs"]} | {r["model"]} | {r["d_model"]} | {r["state"]} | '
                      f'{r["loss_first"]:.2f} -> {r["loss_last"]:.2f} | {r["acc"]:.3f} | {r["seconds"]:.0f} |')
     (out / 'mqar.md').write_text('\n'.join(lines) + '\n')
-    print(f'wrote {out / "mqar.md"} and {out / "mqar.png"}')
 
 
 def plot_mqar(results, path):
@@ -229,7 +228,7 @@ def run_bench_decode(args, device):
     size = DECODE_QUICK if args.quick else DECODE_FULL
     dtype = torch.bfloat16 if device.type == 'cuda' else torch.float32
     rows = []
-    for kind in ('metala', 'attention'):
+    for kind in [k for k in args.models if k != 'gla']:  # generate() timings: MetaLA and attention
         torch.manual_seed(args.seed)
         with device:
             model = build_model(kind, size['vocab'], size['d_model'], size['layers'],
@@ -240,13 +239,17 @@ def run_bench_decode(args, device):
             rows.append((kind, params, batch, tps, peak))
             print(f'{kind:9s} {params:.1f}M params  batch {batch:3d}: {tps:10.1f} tokens/s'
                   + (f', peak {peak:.2f} GiB' if peak is not None else ''), flush=True)
+            write_decode_report(args, size, dtype, rows, device)  # after each timing: none is lost
         del model
+
+
+def write_decode_report(args, size, dtype, rows, device):
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     lines = [
         '# Decoding speed: MetaLA (recurrent state) vs softmax attention (KV cache)',
         '',
-        f'`python scripts/mqar.py --bench-decode{" --quick" if args.quick else ""}` on {device_name(device)}, '
+        f'`python {" ".join(sys.argv)}` on {device_name(device)}, '
         f'{datetime.date.today()}, torch {torch.__version__}, {str(dtype).removeprefix("torch.")}.',
         f'd_model {size["d_model"]}, {size["layers"]} layers, head dim {HEAD_DIM}, vocab {size["vocab"]}; greedy '
         f'`generate()` of {size["new_tokens"]} new tokens after a {size["prompt"]}-token prompt (prefill included '
@@ -258,7 +261,6 @@ def run_bench_decode(args, device):
     for kind, params, batch, tps, peak in rows:
         lines.append(f'| {kind} | {params:.1f} | {batch} | {tps:.1f} | {"-" if peak is None else f"{peak:.2f}"} |')
     (out / 'decode.md').write_text('\n'.join(lines) + '\n')
-    print(f'wrote {out / "decode.md"}')
 
 
 def seq_len_and_pairs(text):
