@@ -201,12 +201,13 @@ def _chunk_output(qc, gc, gbc, vc, s, r, BIDIR: tl.constexpr, BT: tl.constexpr, 
 @triton.jit
 def _store_entering_states(x, g, y, states, T, scale, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                            BT: tl.constexpr, REVERSE: tl.constexpr, X_IS_Q: tl.constexpr, PREC: tl.constexpr):
-    """One scan over the chunks of one (batch, head), left to right or (REVERSE) right to left, storing the state
-    entering each chunk n at states + n K V (fp32 [K, V]): the sum over the chunks passed before it of
-    (x f)^T y, each decayed by the chunks after it.  The gates g set the direction's decays: forward-scan gates
-    left to right, backward-scan gates right to left.  Values: x f = k e^(total - lam) with k from g, y = v (the
-    states S and R); gradients (X_IS_Q): x f = q e^lam, y = scale * do (dS, carried right to left with the
-    forward gates, and dR, left to right with the backward ones)."""
+    """One scan over the chunks of one (batch, head), left to right or (REVERSE) right to left: stores at
+    states + n K V the fp32 state [K, V] entering chunk n in scan order, the sum over the chunks already passed of
+    (x f)^T y, decayed by the chunks in between.  g: the gates of the scan whose state this is.
+    - values: S (left to right, forward gates) and R (right to left, backward gates): x f = k e^(total - lam),
+      k = 1 - e^g, y = v;
+    - gradients (X_IS_Q): dS (right to left, forward gates) and dR (left to right, backward gates): x f = q e^lam,
+      y = scale * do."""
     NT = tl.cdiv(T, BT)
     offs = tl.arange(0, K)[:, None] * V + tl.arange(0, V)[None, :]
     DT = y.dtype.element_ty
