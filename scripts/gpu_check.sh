@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU session: the whole test suite on CUDA (compiled Triton kernels; the CUDA-only tests of ops, models and
-# the LM included), then the benchmarks named as arguments (ops, models; default both).  Wheels missing on the GPU
-# machine (fla 0.6, and transformers >= 5.24 where its image has an older one) may be carried in .whl/.
+# the LM included), then the benchmarks named as arguments (ops, models; default both; `none`: the tests alone).
+# Wheels missing on the GPU machine (fla 0.6, and transformers >= 5.24 where its image has an older one) may be
+# carried in .whl/.
 # Results go to ${OUT:-benchmarks}.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -19,5 +20,6 @@ python3 -c "import torch, triton, timm; print('torch', torch.__version__, 'trito
 OMP_NUM_THREADS=2 METALA_AUTOTUNE=0 timeout 480 python3 -m pytest tests -q -p no:cacheprovider -n 8 \
   --timeout 240 -rfE --durations 15 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
 for bench in $BENCHES; do
+  [ "$bench" = none ] && continue
   python3 "scripts/bench_$bench.py" --out "$OUT/$bench.md" 2>&1 | tee "$OUT/bench_$bench.log"
 done
