@@ -8,7 +8,7 @@ import torch
 from timm.optim import create_optimizer_v2
 
 import metala_vision  # noqa: F401  (registers the models)
-from metala_vision.layers import MetaLAMixer
+from metala_vision.layers import MetaLAMixer, ShortConv
 
 MODELS = timm.list_models('metala_vit_*')
 TINY = dict(depth=2)  # keeps CPU tests quick where the depth does not matter
@@ -235,6 +235,17 @@ def test_mixer_padding_invariance(short_conv):
         y2 = mixer(x2, mask=mask)
     torch.testing.assert_close(y[mask], y2[mask])
     torch.testing.assert_close(y[1, :7], mixer(x[1:, :7])[0].detach())
+
+
+def test_short_conv_decoding_step_is_the_last_output():
+    """ShortConv.last (one decoding step on a window of past inputs) equals the causal conv's last output."""
+    torch.manual_seed(0)
+    conv = ShortConv(48, 'causal', 4)
+    window = torch.randn(3, 48, 6)  # [B, C, time], oldest first
+    with torch.no_grad():
+        torch.testing.assert_close(conv.last(window), conv(window.transpose(1, 2))[:, -1:])
+    with pytest.raises(ValueError, match="last\\(\\) is the causal conv's decoding step"):
+        ShortConv(48, '1d', 3).last(window)
 
 
 def test_causal_mixer_ignores_the_future():

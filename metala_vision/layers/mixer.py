@@ -65,6 +65,13 @@ class ShortConv(nn.Module):
             x = self.conv(F.pad(x.transpose(1, 2), (left, right))).transpose(1, 2)
         return F.silu(x)
 
+    def last(self, window):
+        """The causal conv + SiLU at the last position of window [B, C, >= kernel_size] (channels first, oldest
+        first): [B, 1, C].  One decoding step, without the padding and the outputs that forward would add."""
+        if self.kind != 'causal':
+            raise ValueError(f"last() is the causal conv's decoding step, not for short_conv={self.kind!r}")
+        return F.silu((window[..., -self.kernel_size:] * self.conv.weight[:, 0]).sum(-1))[:, None]
+
 
 class MetaLAMixer(nn.Module):
     """MetaLA attention over tokens: x [B, N, dim] -> [B, N, dim].

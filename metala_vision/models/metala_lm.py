@@ -145,7 +145,7 @@ class MetaLADecoderLayer(GradientCheckpointingLayer):
             x = mixer.short_conv(x)
         else:  # the conv sees the cached last conv_size inputs before this chunk: [B, D, conv_size + T]
             window = cache.update_conv_state(x.transpose(1, 2), self.layer_idx, conv_kernel_size=self.conv_size)
-            x = mixer.short_conv(window.transpose(1, 2))[:, -T:]
+            x = mixer.short_conv.last(window) if T == 1 else mixer.short_conv(window.transpose(1, 2))[:, -T:]
         q, g, _, v, out_gate = mixer.project(x)
         if mask is not None:
             g = g.masked_fill(~mask[:, :, None, None], 0.0)
