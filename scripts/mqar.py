@@ -95,7 +95,7 @@ def train_mqar(model, seq_len, num_kv_pairs, vocab, steps, batch, lr, device, se
     warmup = max(1, steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(
         math.pi * max(0, s - warmup) / max(1, steps - warmup)))))
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device).manual_seed(seed)  # batches made on the device
     losses = []
     for step in range(steps):
         inputs, labels = multiquery_ar(batch, seq_len, num_kv_pairs, vocab, generator=gen)
@@ -118,7 +118,7 @@ def evaluate_mqar(model, seq_len, num_kv_pairs, vocab, num_examples, device, see
     """Accuracy over the answer positions of held-out examples (drawn with another seed than training)."""
     model.eval()
     inputs, labels = multiquery_ar(num_examples, seq_len, num_kv_pairs, vocab,
-                                   generator=torch.Generator().manual_seed(seed))
+                                   generator=torch.Generator(device).manual_seed(seed))
     hits = total = 0
     for x, y in zip(inputs.split(batch), labels.split(batch)):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == 'cuda'):
