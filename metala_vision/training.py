@@ -384,6 +384,39 @@ class Throughput:
         return self.count / max(self.elapsed(), 1e-9)
 
 
+class EpochLosses:
+    """The training loss and throughput of an epoch and of the current log window, kept on the device (no sync
+    per batch).  `add` each batch's loss and item count (images, tokens, all processes together)."""
+
+    def __init__(self, device: torch.device):
+        self.epoch_loss = torch.zeros((), device=device)
+        self.window_loss = torch.zeros((), device=device)
+        self.batches = self.window_batches = 0
+        self.epoch_meter, self.window_meter = Throughput(), Throughput()
+
+    def add(self, loss: torch.Tensor, items: int):
+        loss = loss.detach()
+        self.epoch_loss += loss
+        self.window_loss += loss
+        self.batches += 1
+        self.window_batches += 1
+        self.epoch_meter.update(items)
+        self.window_meter.update(items)
+
+    def take_window(self, accelerator) -> tuple:
+        """(mean loss over the window's batches and processes, items/s) since the last call; starts a new window."""
+        mean_loss = accelerator.reduce(self.window_loss / self.window_batches, 'mean').item()
+        rate = self.window_meter.rate()
+        self.window_loss.zero_()
+        self.window_batches = 0
+        self.window_meter.reset()
+        return mean_loss, rate
+
+    def epoch_loss_mean(self, accelerator) -> float:
+        """Mean loss over this epoch's batches and the processes."""
+        return accelerator.reduce(self.epoch_loss / max(self.batches, 1), 'mean').item()
+
+
 def reset_peak_memory(device: torch.device):
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)

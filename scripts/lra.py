@@ -63,7 +63,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from metala_vision.data.lra import LRA_TASKS, build_lra_datasets, lra_collate_fn
 from metala_vision.layers.block import MLP_LAYERS
 from metala_vision.models.lra import LRAClassifier
-from metala_vision.training import (CheckpointDir, JsonlLogger, Throughput, TrainProgress, UsageError, epoch_batches,
+from metala_vision.training import (CheckpointDir, EpochLosses, JsonlLogger, TrainProgress, UsageError, epoch_batches,
                                     evaluate_classifier, load_config, peak_memory_gib, reset_peak_memory, run_arg_parser)
 
 _logger = get_logger('lra', log_level='INFO')  # logs on the main process only
@@ -396,10 +396,7 @@ def train_epoch(run: Run):
     loader, bar = epoch_batches(accelerator, run.train_loader, run.loader_generator, cfg['seed'], epoch, first_batch,
                                 run.batches_per_epoch, cfg['epochs'])
     model.train()
-    epoch_meter, log_meter = Throughput(), Throughput()
-    epoch_loss = torch.zeros((), device=accelerator.device)
-    window_loss = torch.zeros((), device=accelerator.device)
-    window_batches, stop = 0, None
+    losses, stop = EpochLosses(accelerator.device), None
     for batch_index, (inputs, labels) in enumerate(loader, start=first_batch):
         inputs = tuple(x.to(accelerator.device, non_blocking=True) for x in inputs)
         labels = labels.to(accelerator.device, non_blocking=True)
@@ -412,24 +409,14 @@ def train_epoch(run: Run):
         progress.update += 1
         progress.batch = batch_index + 1
         run.scheduler.step_update(num_updates=progress.update)
-        loss = loss.detach()
-        epoch_loss += loss
-        window_loss += loss
-        window_batches += 1
-        tokens = sum(ids.numel() for ids in inputs[::2]) * accelerator.num_processes  # ids (and ids2), not masks
-        epoch_meter.update(tokens)
-        log_meter.update(tokens)
+        losses.add(loss, sum(ids.numel() for ids in inputs[::2]) * accelerator.num_processes)  # ids (and ids2)
         bar.update(1)
         if progress.update % cfg['log_interval'] == 0:
-            mean_loss = accelerator.reduce(window_loss / window_batches, 'mean').item()
+            mean_loss, tokens_per_s = losses.take_window(accelerator)
             lr = max(group['lr'] for group in run.optimizer.param_groups)
-            record = dict(epoch=epoch + 1, batch=progress.batch, update=progress.update, loss=mean_loss, lr=lr,
-                          tokens_per_s=log_meter.rate())
-            run.logger.log('train', **record)
-            bar.set_postfix(loss=f'{mean_loss:.4f}', lr=f'{lr:.2e}', tok_s=f"{record['tokens_per_s']:.0f}")
-            window_loss.zero_()
-            window_batches = 0
-            log_meter.reset()
+            run.logger.log('train', epoch=epoch + 1, batch=progress.batch, update=progress.update, loss=mean_loss,
+                           lr=lr, tokens_per_s=tokens_per_s)
+            bar.set_postfix(loss=f'{mean_loss:.4f}', lr=f'{lr:.2e}', tok_s=f'{tokens_per_s:.0f}')
             if run.deadline is not None and time_is_up(run.deadline, accelerator):
                 stop = 'max_minutes'
         if cfg['stop_after_updates'] and progress.update >= cfg['stop_after_updates']:
@@ -437,10 +424,9 @@ def train_epoch(run: Run):
         if stop:
             break
     bar.close()
-    trained = progress.batch - first_batch
-    return dict(train_loss=accelerator.reduce(epoch_loss / max(trained, 1), 'mean').item(),
-                train_tokens=epoch_meter.count, train_tokens_per_s=epoch_meter.rate(),
-                train_time_s=epoch_meter.elapsed()), stop
+    meter = losses.epoch_meter
+    return dict(train_loss=losses.epoch_loss_mean(accelerator), train_tokens=meter.count,
+                train_tokens_per_s=meter.rate(), train_time_s=meter.elapsed()), stop
 
 
 def time_is_up(deadline: float, accelerator) -> bool:

@@ -68,7 +68,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 import metala_vision  # noqa: F401  (registers the metala_vit models with timm)
 from metala_vision.data.synthetic import write_digits
-from metala_vision.training import (CheckpointDir, JsonlLogger, Throughput, TrainProgress, UsageError,
+from metala_vision.training import (CheckpointDir, EpochLosses, JsonlLogger, TrainProgress, UsageError,
                                     check_image_folder, epoch_batches, evaluate_classifier, export_timm_weights,
                                     flatten_config, load_config, peak_memory_gib, reset_peak_memory, run_arg_parser)
 
@@ -439,10 +439,7 @@ def train_one_epoch(run: Run, epoch: int) -> Optional[dict]:
     loader, bar = epoch_batches(accelerator, run.train_loader, run.loader_generator, cfg['seed'], epoch, first_batch,
                                 run.batches_per_epoch, cfg['epochs'])
     model.train()
-    epoch_meter, log_meter = Throughput(), Throughput()
-    epoch_loss = torch.zeros((), device=accelerator.device)
-    window_loss = torch.zeros((), device=accelerator.device)
-    window_batches = 0
+    losses = EpochLosses(accelerator.device)
     for batch_index, (images, targets) in enumerate(loader, start=first_batch):
         if batch_index == run.batches_per_epoch:  # the rest does not fill an accumulation cycle
             break
@@ -457,12 +454,7 @@ def train_one_epoch(run: Run, epoch: int) -> Optional[dict]:
                 accelerator.clip_grad_norm_(model.parameters(), cfg['clip_grad'])
             run.optimizer.step()
             run.optimizer.zero_grad(set_to_none=True)
-        loss = loss.detach()
-        epoch_loss += loss
-        window_loss += loss
-        window_batches += 1
-        epoch_meter.update(images.shape[0] * accelerator.num_processes)
-        log_meter.update(images.shape[0] * accelerator.num_processes)
+        losses.add(loss, images.shape[0] * accelerator.num_processes)
         bar.update(1)
         progress.batch = batch_index + 1
         if not accelerator.sync_gradients:
@@ -472,16 +464,12 @@ def train_one_epoch(run: Run, epoch: int) -> Optional[dict]:
             run.ema.update(accelerator.unwrap_model(model), step=progress.update)
         run.scheduler.step_update(num_updates=progress.update)
         if progress.update % cfg['log_interval'] == 0:
-            mean_loss = accelerator.reduce(window_loss / window_batches, 'mean').item()
+            mean_loss, img_per_s = losses.take_window(accelerator)
             lr = max(group['lr'] for group in run.optimizer.param_groups)
-            record = dict(epoch=epoch + 1, batch=progress.batch, update=progress.update, loss=mean_loss, lr=lr,
-                          img_per_s=log_meter.rate())
-            run.logger.log('train', **record)
-            accelerator.log(dict(train_loss=mean_loss, lr=lr, img_per_s=record['img_per_s']), step=progress.update)
-            bar.set_postfix(loss=f'{mean_loss:.4f}', lr=f'{lr:.2e}', img_s=f"{record['img_per_s']:.0f}")
-            window_loss.zero_()
-            window_batches = 0
-            log_meter.reset()
+            run.logger.log('train', epoch=epoch + 1, batch=progress.batch, update=progress.update, loss=mean_loss,
+                           lr=lr, img_per_s=img_per_s)
+            accelerator.log(dict(train_loss=mean_loss, lr=lr, img_per_s=img_per_s), step=progress.update)
+            bar.set_postfix(loss=f'{mean_loss:.4f}', lr=f'{lr:.2e}', img_s=f'{img_per_s:.0f}')
         stop = bool(cfg['stop_after_updates']) and progress.update >= cfg['stop_after_updates']
         interval = cfg['checkpoint_interval']
         if progress.batch < run.batches_per_epoch and (stop or interval and progress.update % interval == 0):
@@ -492,9 +480,8 @@ def train_one_epoch(run: Run, epoch: int) -> Optional[dict]:
                              f'--resume auto')
                 return None
     bar.close()
-    trained = progress.batch - first_batch
-    return dict(train_loss=accelerator.reduce(epoch_loss / max(trained, 1), 'mean').item(),
-                train_img_per_s=epoch_meter.rate(), train_time_s=epoch_meter.elapsed())
+    return dict(train_loss=losses.epoch_loss_mean(accelerator), train_img_per_s=losses.epoch_meter.rate(),
+                train_time_s=losses.epoch_meter.elapsed())
 
 
 if __name__ == '__main__':
