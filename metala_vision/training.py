@@ -300,6 +300,17 @@ def _fsync_dir(folder: Path):
         os.close(fd)
 
 
+def save_safetensors(state_dict: dict, path: Path, metadata: Optional[dict] = None):
+    """Writes `state_dict` (CPU copies of its tensors) to `path` as safetensors, through a temp name and a rename:
+    the file appears complete or not at all.  metadata: string values, beside {'format': 'pt'}."""
+    from safetensors.torch import save_file
+
+    staging = path.with_name(f'.{path.name}.tmp')
+    save_file({k: v.detach().to('cpu', copy=True).contiguous() for k, v in state_dict.items()}, staging,
+              metadata={'format': 'pt', **(metadata or {})})
+    os.replace(staging, path)
+
+
 def export_timm_weights(accelerator, model, directory, label_names=None, model_args=None) -> Path:
     """Writes `directory/model.safetensors` and timm's `config.json` for `model` (prepared or plain); returns the
     weights path. All processes must call it (the state dict is gathered under FSDP); the main process writes.
@@ -311,7 +322,6 @@ def export_timm_weights(accelerator, model, directory, label_names=None, model_a
     `timm.create_model(name, pretrained=True, num_classes=N, pretrained_cfg_overlay=dict(file=<weights>,
     num_classes=N))`. Each file is written to a temp name and renamed, so readers never see a partial file.
     """
-    from safetensors.torch import save_file
     from timm.models._hub import save_config_for_hf
 
     directory = Path(directory)
@@ -319,12 +329,10 @@ def export_timm_weights(accelerator, model, directory, label_names=None, model_a
     weights = directory / 'model.safetensors'
     if accelerator.is_main_process:
         directory.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().to('cpu', copy=True).contiguous() for k, v in state_dict.items()}
-        save_file(tensors, directory / '.model.safetensors.tmp', metadata={'format': 'pt'})
+        save_safetensors(state_dict, weights)
         save_config_for_hf(accelerator.unwrap_model(model), directory / '.config.json.tmp',
                            model_config=dict(label_names=list(label_names)) if label_names else None,
                            model_args=model_args)
-        os.replace(directory / '.model.safetensors.tmp', weights)
         os.replace(directory / '.config.json.tmp', directory / 'config.json')
     accelerator.wait_for_everyone()
     return weights

@@ -40,7 +40,6 @@ settings recorded in it (--data-dir / --cache-dir replace the recorded paths) an
 import dataclasses
 import json
 import logging
-import os
 import sys
 import time
 from functools import partial
@@ -54,7 +53,7 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from torch import nn
@@ -63,8 +62,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 from metala_vision.data.lra import LRA_TASKS, build_lra_datasets, lra_collate_fn
 from metala_vision.layers.block import MLP_LAYERS
 from metala_vision.models.lra import LRAClassifier
-from metala_vision.training import (CheckpointDir, EpochLosses, JsonlLogger, TrainProgress, UsageError, epoch_batches,
-                                    evaluate_classifier, load_config, peak_memory_gib, reset_peak_memory, run_arg_parser)
+from metala_vision.training import (CheckpointDir, EpochLosses, JsonlLogger, TrainProgress, UsageError,
+                                    epoch_batches, evaluate_classifier, load_config, peak_memory_gib,
+                                    reset_peak_memory, run_arg_parser, save_safetensors)
 
 _logger = get_logger('lra', log_level='INFO')  # logs on the main process only
 
@@ -265,10 +265,7 @@ def save_weights(accelerator, model, path: Path, cfg: dict):
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_name(f'.{path.name}.tmp')
-        save_file({k: v.detach().to('cpu', copy=True).contiguous() for k, v in state_dict.items()}, staging,
-                  metadata={'format': 'pt', _SETTINGS_KEY: json.dumps(cfg)})
-        os.replace(staging, path)
+        save_safetensors(state_dict, path, metadata={_SETTINGS_KEY: json.dumps(cfg)})
     accelerator.wait_for_everyone()
 
 
