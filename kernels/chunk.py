@@ -1,6 +1,6 @@
 """Chunked MetaLA attention in Triton: bidirectional (and causal) forward and backward kernels, on two paths.
 
-Fused (the default): one program handles one (batch, head) and runs over the chunks of BT tokens twice, once in
+Fused (METALA_CHUNK_PATH=fused): one program handles one (batch, head) and runs over the chunks of BT tokens twice, once in
 each direction:
 
 - forward:  right to left, store the backward state R entering every chunk (fp32 scratch [N, K, V]);
@@ -8,7 +8,7 @@ each direction:
 - backward: left to right, dq of the forward scan, dk and dv of the backward scan;
             right to left, the rest, the gate gradients (reverse cumulative sums) and the totals.
 
-Chunk-parallel (METALA_CHUNK_PATH=parallel): a states kernel per scan stores the state entering every chunk
+Chunk-parallel (the default): a states kernel per scan stores the state entering every chunk
 (S, R; and dS, dR for the backward), then one program per (chunk, batch, head) computes that chunk's outputs or
 gradients from them.  Same per-chunk helpers, same results; more programs for few (batch, head) pairs.
 
@@ -482,9 +482,10 @@ def _chunk_parallel():
     """Whether forward and backward take the chunk-parallel path (a states kernel per scan and direction, then
     one program per chunk) instead of the fused kernels (one program per (batch, head) for everything).  The
     fused kernels fill a GPU when there are many (batch, head) pairs; with few pairs and many chunks (long
-    sequences, high resolution at small batch) they run serially on a few SMs, which the parallel path is for.
-    Until it is timed on a GPU (benchmarks/NOTES.md), it is opt-in: METALA_CHUNK_PATH=parallel."""
-    path = os.environ.get('METALA_CHUNK_PATH', 'fused')
+    sequences, high resolution at small batch) they run serially on a few SMs.  Timed on an H200
+    (benchmarks/ops.md), the parallel path was the faster at every shape measured (T 197 to 16384), so it is the
+    default; METALA_CHUNK_PATH=fused selects the fused kernels."""
+    path = os.environ.get('METALA_CHUNK_PATH', 'parallel')
     if path not in ('fused', 'parallel'):
         raise ValueError(f"METALA_CHUNK_PATH must be 'fused' or 'parallel', got {path!r}")
     return path == 'parallel'

@@ -106,10 +106,10 @@ def sdpa(q, k, v):
         return F.scaled_dot_product_attention(q, k, v)
 
 
-def run(dtype, bandwidth, out_path, head):
-    """Times every shape; the file at out_path gets each row as it is measured."""
+def run(shapes, dtype, bandwidth, out_path, head):
+    """Times every (B, T, H) of shapes; the file at out_path gets each row as it is measured."""
     rows = []
-    for B, T, H in SHAPES:
+    for B, T, H in shapes:
         qs = [torch.randn(B, H, T, 64, device='cuda', dtype=dtype, requires_grad=True) for _ in range(3)]
         sdpa_fwd, sdpa_train = fwd_and_train(sdpa, qs)
         del qs
@@ -163,6 +163,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--dtype', default='bf16', choices=['bf16', 'fp16', 'fp32'])
     parser.add_argument('--out', default='benchmarks/ops.md')
+    parser.add_argument('--shapes', nargs='+', metavar='B:T:H', type=lambda s: tuple(map(int, s.split(':'))),
+                        default=SHAPES, help='batch:length:heads to time (default: %(default)s)')
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit('bench_ops.py times GPU kernels: no CUDA device is visible')
@@ -182,7 +184,7 @@ def main():
             f'floor = q, g, v read once + o written once at the copy bandwidth; max rel err = o, dq, dg, dv of '
             f'the timed kernels (both modes, both paths) against the PyTorch path in fp32; ours on the fused '
             f'kernels / the chunk-parallel ones, ratios with the faster\n\n')
-    rows = run(dtype, bandwidth, args.out, head)
+    rows = run(args.shapes, dtype, bandwidth, args.out, head)
     print(head + table(rows))
 
 
