@@ -1,7 +1,7 @@
 """Chunked MetaLA attention in Triton: bidirectional (and causal) forward and backward kernels, on two paths.
 
-Fused (METALA_CHUNK_PATH=fused): one program handles one (batch, head) and runs over the chunks of BT tokens twice, once in
-each direction:
+Fused (METALA_CHUNK_PATH=fused): one program handles one (batch, head) and runs over the chunks of BT tokens
+twice, once in each direction:
 
 - forward:  right to left, store the backward state R entering every chunk (fp32 scratch [N, K, V]);
             left to right, o = intra-chunk scores @ v + (q * e^lam) S + (q * e^lam_b) R, with S carried.

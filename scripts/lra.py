@@ -89,6 +89,7 @@ DEFAULTS = dict(
     dropout=0.0,  # embedding, projection, MLP and head dropout
     drop_path=0.0,
     separate_bwd_gates=False,
+    gate_norm=16.0,  # log alpha = logsigmoid(.) / gate_norm: larger = slower decay (longer memory) at init
     # optimisation
     batch_size=32,  # per process
     val_batch_size=None,  # null = batch_size
@@ -239,7 +240,8 @@ def build_model(cfg) -> LRAClassifier:
     return LRAClassifier(info.vocab_size, info.num_classes, cfg['max_len'], dim=cfg['dim'], depth=cfg['depth'],
                          num_heads=cfg['num_heads'], mlp_ratio=cfg['mlp_ratio'], mlp_layer=cfg['mlp_layer'],
                          pos_embed=cfg['pos_embed'], drop_rate=cfg['dropout'], drop_path_rate=cfg['drop_path'],
-                         separate_bwd_gates=cfg['separate_bwd_gates'], paired=info.paired)
+                         separate_bwd_gates=cfg['separate_bwd_gates'], gate_norm=cfg['gate_norm'],
+                         paired=info.paired)
 
 
 class _Unpacked(nn.Module):

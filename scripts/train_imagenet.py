@@ -12,7 +12,8 @@ folder and trains on that. Settings come from DEFAULTS below, then the YAML file
 
 Multi-GPU, mixed precision, FSDP: `accelerate launch` (or `accelerate config`) options; `mixed_precision:` in the
 config, when set, takes precedence. Under FSDP set `fsdp_use_orig_params: true` (the optimizer has separate
-weight-decay / layer-decay parameter groups); `model_ema` is refused there. (DDP is tested, on CPU; FSDP is not.)
+weight-decay / layer-decay parameter groups); `model_ema` is refused there. (DDP: tested on CPU, and run on
+2 GPUs with a mid-epoch resume; FSDP 2: run on 2 GPUs, without a resume so far. See benchmarks/training.md.)
 `batch_size` is per process; with `lr: null` the learning rate is `lr_base * global_batch / lr_base_size` (DeiT:
 5e-4 * batch / 512), global_batch = batch_size * processes * grad_accum_steps. Repeated augmentation
 (`aug_repeats`) uses timm's RepeatAugSampler across processes and is switched off (with a warning) for a single

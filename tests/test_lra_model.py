@@ -45,6 +45,15 @@ def test_retrieval_head():
         model(ids1)
 
 
+def test_gate_norm_reaches_every_mixer():
+    """gate_norm (log alpha = logsigmoid(.) / gate_norm) is the mixers' own, and changes the logits."""
+    ids = torch.randint(1, 20, (2, 40))
+    slow = _model(gate_norm=64.0)
+    assert [blk.attn.gate_norm for blk in slow.blocks] == [64.0, 64.0]
+    with torch.no_grad():
+        assert not torch.allclose(slow(ids), _model()(ids))
+
+
 def test_errors_name_the_argument():
     model = _model()
     with pytest.raises(ValueError, match='max_len=64'):

@@ -18,7 +18,7 @@ class LRAClassifier(nn.Module):
 
     def __init__(self, vocab_size, num_classes, max_len, dim=128, depth=4, num_heads=None, mlp_ratio=2.0,
                  mlp_layer='gelu', pos_embed=False, drop_rate=0.0, drop_path_rate=0.0, separate_bwd_gates=False,
-                 paired=False, backend='auto'):
+                 gate_norm=16.0, paired=False, backend='auto'):
         super().__init__()
         num_heads = num_heads or max(1, dim // 64)
         self.paired, self.max_len = paired, max_len
@@ -28,7 +28,7 @@ class LRAClassifier(nn.Module):
         drop_path = torch.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.ModuleList([
             MetaLABlock(dim, num_heads, mlp_ratio, mlp_layer, drop_path[i], proj_drop=drop_rate, short_conv='1d',
-                        separate_bwd_gates=separate_bwd_gates, backend=backend)
+                        separate_bwd_gates=separate_bwd_gates, gate_norm=gate_norm, backend=backend)
             for i in range(depth)])
         self.norm = nn.LayerNorm(dim)
         features = 4 * dim if paired else dim
