@@ -5,7 +5,10 @@ Peers at the same B, T, H: SDPA (FlashAttention backend, head dim 64), fla's two
 mode.  Medians of triton.testing.do_bench.  The bytes floor is q, g, v read once and o written once over
 the measured device-to-device copy bandwidth.
 
-    python scripts/bench_ops.py [--dtype bf16] [--out benchmarks/ops.md]
+    python scripts/bench_ops.py [--dtype bf16] [--out benchmarks/ops.md] [--shapes B:T:H ...] [--widths K:V ...]
+
+Each (K, V) row first compiles and autotunes both kernel paths (minutes): on a time budget, split the shapes
+over GPUs or processes with --shapes / --widths.
 """
 import argparse
 import contextlib
@@ -106,14 +109,15 @@ def sdpa(q, k, v):
         return F.scaled_dot_product_attention(q, k, v)
 
 
-def run(shapes, dtype, bandwidth, out_path, head):
-    """Times every (B, T, H) of shapes; the file at out_path gets each row as it is measured."""
+def run(shapes, widths, dtype, bandwidth, out_path, head):
+    """Times every (B, T, H) of shapes at every (K, V) of widths; the file at out_path gets each row as it is
+    measured."""
     rows = []
     for B, T, H in shapes:
         qs = [torch.randn(B, H, T, 64, device='cuda', dtype=dtype, requires_grad=True) for _ in range(3)]
         sdpa_fwd, sdpa_train = fwd_and_train(sdpa, qs)
         del qs
-        for K, V in WIDTHS:
+        for K, V in widths:
             q, g, v = metala_inputs(B, T, H, K, V, dtype)
             ours = both_paths(lambda q, g, v: metala_attn(q, g, v), (q, g, v))
             ours_causal = both_paths(lambda q, g, v: metala_attn(q, g, v, causal=True), (q, g, v))
@@ -165,6 +169,8 @@ def main():
     parser.add_argument('--out', default='benchmarks/ops.md')
     parser.add_argument('--shapes', nargs='+', metavar='B:T:H', type=lambda s: tuple(map(int, s.split(':'))),
                         default=SHAPES, help='batch:length:heads to time (default: %(default)s)')
+    parser.add_argument('--widths', nargs='+', metavar='K:V', type=lambda s: tuple(map(int, s.split(':'))),
+                        default=WIDTHS, help='head widths to time at each shape (default: %(default)s)')
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit('bench_ops.py times GPU kernels: no CUDA device is visible')
@@ -184,7 +190,7 @@ def main():
             f'floor = q, g, v read once + o written once at the copy bandwidth; max rel err = o, dq, dg, dv of '
             f'the timed kernels (both modes, both paths) against the PyTorch path in fp32; ours on the fused '
             f'kernels / the chunk-parallel ones, ratios with the faster\n\n')
-    rows = run(args.shapes, dtype, bandwidth, args.out, head)
+    rows = run(args.shapes, args.widths, dtype, bandwidth, args.out, head)
     print(head + table(rows))
 
 
