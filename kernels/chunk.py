@@ -1,16 +1,9 @@
-"""Chunked MetaLA attention in Triton: bidirectional (and causal) forward and backward kernels, on two paths.
+"""Chunked MetaLA attention in Triton: bidirectional (and causal) forward and backward kernels.
 
-Fused (METALA_CHUNK_PATH=fused): one program handles one (batch, head) and runs over the chunks of BT tokens
-twice, once in each direction:
-
-- forward:  right to left, store the backward state R entering every chunk (fp32 scratch [N, K, V]);
-            left to right, o = intra-chunk scores @ v + (q * e^lam) S + (q * e^lam_b) R, with S carried.
-- backward: left to right, dq of the forward scan, dk and dv of the backward scan;
-            right to left, the rest, the gate gradients (reverse cumulative sums) and the totals.
-
-Chunk-parallel (the default): a states kernel per scan stores the state entering every chunk
-(S, R; and dS, dR for the backward), then one program per (chunk, batch, head) computes that chunk's outputs or
-gradients from them.  Same per-chunk helpers, same results; more programs for few (batch, head) pairs.
+Chunk-parallel: a states kernel per scan stores the fp32 state entering every chunk of BT tokens (S left to
+right, R right to left; and their gradients dS, dR for the backward), then one program per (chunk, batch, head)
+computes that chunk's outputs or gradients from them.  (A fused variant, one program per (batch, head) running
+over all chunks, was slower at every shape timed on an H200: benchmarks/ops.md.)
 
 A scan direction is described by a log-decay lam [BT, K] over the chunk: the decay between a query i and a
 key j it sees is exp(lam_i - lam_j) <= 1, per channel.  Forward: lam = inclusive cumsum of g, keys j <= i.
@@ -160,20 +153,18 @@ def _key_value_grads(qc, k, g, lam, kf, da, doc, vc, dstate, seen, seen_grad, fa
 
 @triton.jit
 def _forward_gate_grad(qc, k, gc, dq_f, dk_f, diag, later):
-    """dg [BT, K] of the forward scan, and the chunk's sum of dlam = q dq - k dk: dg_s = sum_{t >= s} dlam_t
-    - e^g (dk + q dA_ss), with later = the sum of dlam over the chunks after this one."""
+    """dg [BT, K] of the forward scan: dg_s = sum_{t >= s} dlam_t - e^g (dk + q dA_ss), dlam = q dq - k dk,
+    with later = the sum of dlam over the chunks after this one."""
     dlam = qc * dq_f - k * dk_f
-    return tl.cumsum(dlam, axis=0, reverse=True) + later[None, :] - tl.exp(gc) * (dk_f + qc * diag), \
-        tl.sum(dlam, axis=0)
+    return tl.cumsum(dlam, axis=0, reverse=True) + later[None, :] - tl.exp(gc) * (dk_f + qc * diag)
 
 
 @triton.jit
 def _backward_gate_grad(qc, kb, gbc, dq_b, dk_b, later):
-    """dg [BT, K] of the backward scan, and the chunk's sum of dlam: dg_s = -sum_{t > s} dlam_t - e^g dk, with
-    later = minus the sum of dlam over the chunks after this one."""
+    """dg [BT, K] of the backward scan: dg_s = -sum_{t > s} dlam_t - e^g dk, dlam = q dq - k dk, with later =
+    minus the sum of dlam over the chunks after this one."""
     dlam = qc * dq_b - kb * dk_b
-    return later[None, :] - tl.cumsum(dlam, axis=0, reverse=True) + dlam - tl.exp(gbc) * dk_b, \
-        tl.sum(dlam, axis=0)
+    return later[None, :] - tl.cumsum(dlam, axis=0, reverse=True) + dlam - tl.exp(gbc) * dk_b
 
 
 @triton.jit
@@ -181,7 +172,7 @@ def _chunk_output(qc, gc, gbc, vc, s, r, BIDIR: tl.constexpr, BT: tl.constexpr, 
                   PREC: tl.constexpr):
     """One chunk's output before the scale, [BT, V]: intra-chunk scores @ v + (q e^lam) S + (q e^lam_b) R, from
     the chunk's q, g, g_bwd (fp32), v and the states entering it (S from the left, R from the right, fp32 [K, V];
-    R unused when causal).  Also returns the forward scan's (k, key factor, chunk decay) for a state update."""
+    R unused when causal)."""
     rows = tl.arange(0, BT)
     k, lam, qf, kf, decay = _forward_scan_gates(gc)
     fast = tl.min(decay) >= MIN_CHUNK_DECAY
@@ -194,20 +185,24 @@ def _chunk_output(qc, gc, gbc, vc, s, r, BIDIR: tl.constexpr, BT: tl.constexpr, 
         acc += tl.dot((qc * qf_b).to(DT), r.to(DT), input_precision=PREC)
     else:
         a = _scores(qc, k, gc, lam, rows[:, None] >= rows[None, :], fast, False, BT, DT, PREC)
-    acc += tl.dot(a.to(DT), vc, input_precision=PREC)
-    return acc, k, kf, decay
+    return acc + tl.dot(a.to(DT), vc, input_precision=PREC)
 
 
 @triton.jit
-def _store_entering_states(x, g, y, states, T, scale, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                           BT: tl.constexpr, REVERSE: tl.constexpr, X_IS_Q: tl.constexpr, PREC: tl.constexpr):
-    """One scan over the chunks of one (batch, head), left to right or (REVERSE) right to left: stores at
-    states + n K V the fp32 state [K, V] entering chunk n in scan order, the sum over the chunks already passed of
-    (x f)^T y, decayed by the chunks in between.  g: the gates of the scan whose state this is.
+def _metala_states_kernel(x, g, y, states, T, scale, BH_STRIDE,
+                          H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                          REVERSE: tl.constexpr, X_IS_Q: tl.constexpr, PREC: tl.constexpr):
+    """Step 1, one program per (batch, head): one scan over its chunks, left to right or (REVERSE) right to left,
+    storing the fp32 state [K, V] entering chunk n (in scan order) at states + n K V: the sum over the chunks
+    already passed of (x f)^T y, decayed by the chunks in between.  states points at direction d of
+    [B*H, dirs, N, K, V], BH_STRIDE = dirs N K V; g: the gates of the scan whose state this is.
     - values: S (left to right, forward gates) and R (right to left, backward gates): x f = k e^(total - lam),
       k = 1 - e^g, y = v;
     - gradients (X_IS_Q): dS (right to left, forward gates) and dR (left to right, backward gates): x f = q e^lam,
       y = scale * do."""
+    i_bh = tl.program_id(0)
+    row0 = (i_bh // H * T * H + i_bh % H).to(tl.int64)
+    x, g, y, states = x + row0 * K, g + row0 * K, y + row0 * V, states + i_bh.to(tl.int64) * BH_STRIDE
     NT = tl.cdiv(T, BT)
     offs = tl.arange(0, K)[:, None] * V + tl.arange(0, V)[None, :]
     DT = y.dtype.element_ty
@@ -234,53 +229,10 @@ def _store_entering_states(x, g, y, states, T, scale, H: tl.constexpr, K: tl.con
 
 
 @triton.jit
-def _metala_fwd_kernel(q, g, gb, v, o, states, T, scale,
-                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                       BIDIR: tl.constexpr, SEP_GB: tl.constexpr, PREC: tl.constexpr):
-    """Fused forward, one program per (batch, head): R entering every chunk (right to left, into the fp32
-    scratch states [N, K, V]), then left to right the outputs with S carried."""
-    i_bh = tl.program_id(0)
-    row0 = (i_bh // H * T * H + i_bh % H).to(tl.int64)  # element (b, 0, h) in units of one head's vector
-    q, g, gb, v, o = q + row0 * K, g + row0 * K, gb + row0 * K, v + row0 * V, o + row0 * V
-    NT = tl.cdiv(T, BT)
-    states += i_bh.to(tl.int64) * NT * K * V
-    state_offs = tl.arange(0, K)[:, None] * V + tl.arange(0, V)[None, :]
-    DT = v.dtype.element_ty
-
-    if BIDIR:
-        _store_entering_states(q, gb, v, states, T, scale, H, K, V, BT, True, False, PREC)
-        tl.debug_barrier()
-
-    s = tl.zeros([K, V], dtype=tl.float32)
-    for n in range(NT):
-        t0 = n * BT
-        qc, gc, gbc, vc = _load_chunk_inputs(q, g, gb, v, t0, T, H, K, V, BT, BIDIR, SEP_GB)
-        if BIDIR:
-            r = tl.load(states + n * K * V + state_offs)
-        else:
-            r = s
-        acc, k, kf, decay = _chunk_output(qc, gc, gbc, vc, s, r, BIDIR, BT, DT, PREC)
-        _store_chunk(o, acc * scale, t0, T, V, H * V, BT)
-        s = decay[:, None] * s + tl.dot(tl.trans((k * kf).to(DT)), vc, input_precision=PREC)
-
-
-@triton.jit
-def _metala_states_kernel(x, g, y, states, T, scale, BH_STRIDE,
-                          H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                          REVERSE: tl.constexpr, X_IS_Q: tl.constexpr, PREC: tl.constexpr):
-    """Chunk-parallel path, step 1: one program per (batch, head) stores the state entering every chunk of one
-    scan (see _store_entering_states): states points at direction d of [B*H, dirs, N, K, V], BH_STRIDE = dirs N K V."""
-    i_bh = tl.program_id(0)
-    row0 = (i_bh // H * T * H + i_bh % H).to(tl.int64)
-    _store_entering_states(x + row0 * K, g + row0 * K, y + row0 * V, states + i_bh.to(tl.int64) * BH_STRIDE,
-                           T, scale, H, K, V, BT, REVERSE, X_IS_Q, PREC)
-
-
-@triton.jit
 def _metala_out_kernel(q, g, gb, v, o, states, T, scale,
                        H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                        BIDIR: tl.constexpr, SEP_GB: tl.constexpr, PREC: tl.constexpr):
-    """Chunk-parallel path, step 2: one program per (chunk, batch, head) writes the chunk's outputs from the
+    """Step 2 of the forward, one program per (chunk, batch, head): the chunk's outputs from the
     states entering it, states [B*H, 1 + BIDIR, N, K, V] (S, then R)."""
     n = tl.program_id(0)
     i_bh = tl.program_id(1)
@@ -298,97 +250,16 @@ def _metala_out_kernel(q, g, gb, v, o, states, T, scale,
         r = tl.load(states + NT * K * V + state_offs)
     else:
         r = s
-    acc, _, _, _ = _chunk_output(qc, gc, gbc, vc, s, r, BIDIR, BT, DT, PREC)
+    acc = _chunk_output(qc, gc, gbc, vc, s, r, BIDIR, BT, DT, PREC)
     _store_chunk(o, acc * scale, t0, T, V, H * V, BT)
 
 
 @triton.jit
-def _metala_bwd_kernel(q, g, gb, v, do, dq, dg, dgb, dv, T, scale,
+def _metala_bwd_kernel(q, g, gb, v, do, dq, dg, dgb, dv, states, T, scale,
                        H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                        BIDIR: tl.constexpr, SEP_GB: tl.constexpr, PREC: tl.constexpr):
-    """dq, dg, dgb, dv: fp32.  Without SEP_GB, dgb is dg (it first holds dk of the backward scan).
-
-    The diagonal (decay 1) is kept out of dq_f, dk_f and added exactly: at alpha ~ 0 its q dq and k dk
-    parts would cancel in the gate gradient with an error far above the true value."""
-    i_bh = tl.program_id(0)
-    row0 = (i_bh // H * T * H + i_bh % H).to(tl.int64)
-    q, g, gb, dq, dg, dgb = q + row0 * K, g + row0 * K, gb + row0 * K, dq + row0 * K, dg + row0 * K, dgb + row0 * K
-    v, do, dv = v + row0 * V, do + row0 * V, dv + row0 * V
-    NT = tl.cdiv(T, BT)
-    rows = tl.arange(0, BT)
-    fwd_seen = rows[:, None] >= rows[None, :]
-    fwd_seen_off_diag = rows[:, None] > rows[None, :]
-    DT = v.dtype.element_ty
-
-    # left to right: S (forward state) gives dq of the forward scan; dR (gradient of the backward state)
-    # gives dk, dv of the backward scan.
-    s = tl.zeros([K, V], dtype=tl.float32)
-    dr = tl.zeros([K, V], dtype=tl.float32)
-    for n in range(NT):
-        t0 = n * BT
-        qc, gc, gbc, vc = _load_chunk_inputs(q, g, gb, v, t0, T, H, K, V, BT, BIDIR, SEP_GB)
-        doc = (_load_chunk(do, t0, T, V, H * V, BT) * scale).to(DT)
-        da = tl.dot(doc, tl.trans(vc), input_precision=PREC)
-        k, lam, qf, kf, decay = _forward_scan_gates(gc)
-        dq_f = _query_grad(qc, k, gc, lam, qf, da, doc, s, fwd_seen_off_diag, tl.min(decay) >= MIN_CHUNK_DECAY,
-                           False, BT, DT, PREC)
-        _store_chunk(dq, dq_f, t0, T, K, H * K, BT)
-        s = decay[:, None] * s + tl.dot(tl.trans((k * kf).to(DT)), vc, input_precision=PREC)
-        if BIDIR:
-            kb, lam_b, qf_b, kf_b, decay_b = _backward_scan_gates(gbc)
-            dk_b, dv_b = _key_value_grads(qc, kb, gbc, lam_b, kf_b, da, doc, vc, dr, ~fwd_seen, ~fwd_seen,
-                                          tl.min(decay_b) >= MIN_CHUNK_DECAY, True, BT, DT, PREC)
-            _store_chunk(dgb, dk_b, t0, T, K, H * K, BT)
-            _store_chunk(dv, dv_b, t0, T, V, H * V, BT)
-            dr = decay_b[:, None] * dr + tl.dot(tl.trans((qc * qf_b).to(DT)), doc, input_precision=PREC)
-    tl.debug_barrier()
-
-    # right to left: R gives dq of the backward scan; dS gives dk, dv of the forward scan; then the totals.
-    # Gate gradients: dlam = q dq - k dk per scan; dg_s = sum_{t>=s} dlam_f - sum_{t>s} dlam_b - e^g dk.
-    r = tl.zeros([K, V], dtype=tl.float32)
-    ds = tl.zeros([K, V], dtype=tl.float32)
-    carry_f = tl.zeros([K], dtype=tl.float32)
-    carry_b = tl.zeros([K], dtype=tl.float32)
-    for i in range(NT):
-        t0 = (NT - 1 - i) * BT
-        qc, gc, gbc, vc = _load_chunk_inputs(q, g, gb, v, t0, T, H, K, V, BT, BIDIR, SEP_GB)
-        doc = (_load_chunk(do, t0, T, V, H * V, BT) * scale).to(DT)
-        da = tl.dot(doc, tl.trans(vc), input_precision=PREC)
-        k, lam, qf, kf, decay = _forward_scan_gates(gc)
-        dk_f, dv_t = _key_value_grads(qc, k, gc, lam, kf, da, doc, vc, ds, fwd_seen, fwd_seen_off_diag,
-                                      tl.min(decay) >= MIN_CHUNK_DECAY, False, BT, DT, PREC)
-        dq_f = _load_chunk(dq, t0, T, K, H * K, BT)
-        diag = tl.sum(doc.to(tl.float32) * vc.to(tl.float32), axis=1)[:, None]  # dA_ii
-        dg_t, chunk_sum = _forward_gate_grad(qc, k, gc, dq_f, dk_f, diag, carry_f)
-        dq_t = dq_f + k * diag
-        carry_f += chunk_sum
-        ds = decay[:, None] * ds + tl.dot(tl.trans((qc * qf).to(DT)), doc, input_precision=PREC)
-        if BIDIR:
-            kb, lam_b, qf_b, kf_b, decay_b = _backward_scan_gates(gbc)
-            dq_b = _query_grad(qc, kb, gbc, lam_b, qf_b, da, doc, r, ~fwd_seen, tl.min(decay_b) >= MIN_CHUNK_DECAY,
-                               True, BT, DT, PREC)
-            dk_b = _load_chunk(dgb, t0, T, K, H * K, BT)
-            dv_t += _load_chunk(dv, t0, T, V, H * V, BT)
-            dgb_t, chunk_sum = _backward_gate_grad(qc, kb, gbc, dq_b, dk_b, carry_b)
-            carry_b -= chunk_sum
-            dq_t += dq_b
-            tl.debug_barrier()  # dgb may alias dg: every read of this chunk before its writes
-            if SEP_GB:
-                _store_chunk(dgb, dgb_t, t0, T, K, H * K, BT)
-            else:
-                dg_t += dgb_t
-            r = decay_b[:, None] * r + tl.dot(tl.trans((kb * kf_b).to(DT)), vc, input_precision=PREC)
-        _store_chunk(dq, dq_t, t0, T, K, H * K, BT)
-        _store_chunk(dg, dg_t, t0, T, K, H * K, BT)
-        _store_chunk(dv, dv_t, t0, T, V, H * V, BT)
-
-
-@triton.jit
-def _metala_bwd_chunk_kernel(q, g, gb, v, do, dq, dg, dgb, dv, states, T, scale,
-                             H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                             BIDIR: tl.constexpr, SEP_GB: tl.constexpr, PREC: tl.constexpr):
-    """Chunk-parallel backward: one program per (chunk, batch, head), from the states around the chunk,
-    states [B*H, 2 + 2 BIDIR, N, K, V] = S, dS, R, dR (see _store_entering_states).  dq, dg, dgb, dv: fp32;
+    """Step 2 of the backward, one program per (chunk, batch, head), from the states around the chunk,
+    states [B*H, 2 + 2 BIDIR, N, K, V] = S, dS, R, dR (see _metala_states_kernel).  dq, dg, dgb, dv: fp32;
     without SEP_GB, dgb is dg and receives nothing.
 
     The gate gradient of a token sums dlam = q dq - k dk over every later token of the sequence.  The part from
@@ -423,7 +294,7 @@ def _metala_bwd_chunk_kernel(q, g, gb, v, do, dq, dg, dgb, dv, states, T, scale,
     dq_f = _query_grad(qc, k, gc, lam, qf, da, doc, s, fwd_seen_off_diag, fast, False, BT, DT, PREC)
     dk_f, dv_t = _key_value_grads(qc, k, gc, lam, kf, da, doc, vc, ds, fwd_seen, fwd_seen_off_diag, fast, False,
                                   BT, DT, PREC)
-    dg_t, _ = _forward_gate_grad(qc, k, gc, dq_f, dk_f, diag, tl.sum(s_next * ds, axis=1))
+    dg_t = _forward_gate_grad(qc, k, gc, dq_f, dk_f, diag, tl.sum(s_next * ds, axis=1))
     dq_t = dq_f + k * diag
     if BIDIR:
         r = tl.load(states + (2 * NT + n) * K * V + offs)
@@ -434,7 +305,7 @@ def _metala_bwd_chunk_kernel(q, g, gb, v, do, dq, dg, dgb, dv, states, T, scale,
         dq_b = _query_grad(qc, kb, gbc, lam_b, qf_b, da, doc, r, ~fwd_seen, fast, True, BT, DT, PREC)
         dk_b, dv_b = _key_value_grads(qc, kb, gbc, lam_b, kf_b, da, doc, vc, dr, ~fwd_seen, ~fwd_seen, fast, True,
                                       BT, DT, PREC)
-        dgb_t, _ = _backward_gate_grad(qc, kb, gbc, dq_b, dk_b, tl.sum(r * dr_next, axis=1))
+        dgb_t = _backward_gate_grad(qc, kb, gbc, dq_b, dk_b, tl.sum(r * dr_next, axis=1))
         dv_t += dv_b
         dq_t += dq_b
         if SEP_GB:
@@ -453,7 +324,8 @@ def _chunk_len(T, K, V):
 
 
 # The backward kernel runs with 8 warps only: with 4 warps and 16-bit inputs, triton 3.6 on an H100 gave
-# wrong dq and dg (found by the GPU test suite; fp32 and every 8-warp config were right).
+# wrong dq and dg in the former fused backward kernel, which shared this one's per-chunk code (found by the GPU
+# test suite; fp32 and every 8-warp config were right).
 FWD_CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 8) for s in (1, 2)]
 BWD_CONFIGS = [triton.Config({}, num_warps=8, num_stages=s) for s in (1, 2)]
 
@@ -471,24 +343,9 @@ def _launcher(kernel, configs, key=('H', 'K', 'V', 'BT', 'BIDIR', 'SEP_GB')):
     return lambda grid, *args, **kw: tuned[grid](*args, **kw)
 
 
-_fwd = _launcher(_metala_fwd_kernel, FWD_CONFIGS)
 _states = _launcher(_metala_states_kernel, FWD_CONFIGS, key=('H', 'K', 'V', 'BT', 'REVERSE', 'X_IS_Q'))
 _out = _launcher(_metala_out_kernel, FWD_CONFIGS)
 _bwd = _launcher(_metala_bwd_kernel, BWD_CONFIGS)
-_bwd_chunks = _launcher(_metala_bwd_chunk_kernel, BWD_CONFIGS)
-
-
-def _chunk_parallel():
-    """Whether forward and backward take the chunk-parallel path (a states kernel per scan and direction, then
-    one program per chunk) instead of the fused kernels (one program per (batch, head) for everything).  The
-    fused kernels fill a GPU when there are many (batch, head) pairs; with few pairs and many chunks (long
-    sequences, high resolution at small batch) they run serially on a few SMs.  Timed on an H200
-    (benchmarks/ops.md), the parallel path was the faster at every shape measured (T 197 to 16384), so it is the
-    default; METALA_CHUNK_PATH=fused selects the fused kernels."""
-    path = os.environ.get('METALA_CHUNK_PATH', 'parallel')
-    if path not in ('fused', 'parallel'):
-        raise ValueError(f"METALA_CHUNK_PATH must be 'fused' or 'parallel', got {path!r}")
-    return path == 'parallel'
 
 
 @torch.library.custom_op('metala_kernels::chunk_fwd', mutates_args=())
@@ -501,23 +358,18 @@ def _chunk_fwd(q: torch.Tensor, g: torch.Tensor, gb: torch.Tensor, v: torch.Tens
     NT = triton.cdiv(T, BT)
     o = torch.empty_like(v)
     shapes = dict(H=H, K=K, V=V, BT=BT, PREC=_precision(v))
-    if _chunk_parallel():
-        states = v.new_empty(B * H, 2 if not causal else 1, NT, K, V, dtype=torch.float32)
-        _states((B * H,), q, g, v, states[:, 0], T, scale, states.stride(0), REVERSE=False, X_IS_Q=False, **shapes)
-        if not causal:
-            _states((B * H,), q, gb, v, states[:, 1], T, scale, states.stride(0), REVERSE=True, X_IS_Q=False,
-                    **shapes)
-        _out((NT, B * H), q, g, gb, v, o, states, T, scale, BIDIR=not causal, SEP_GB=sep, **shapes)
-    else:
-        states = v.new_empty(B * H, NT * K * V if not causal else 1, dtype=torch.float32)
-        _fwd((B * H,), q, g, gb, v, o, states, T, scale, BIDIR=not causal, SEP_GB=sep, **shapes)
+    states = v.new_empty(B * H, 2 if not causal else 1, NT, K, V, dtype=torch.float32)  # S, R entering each chunk
+    _states((B * H,), q, g, v, states[:, 0], T, scale, states.stride(0), REVERSE=False, X_IS_Q=False, **shapes)
+    if not causal:
+        _states((B * H,), q, gb, v, states[:, 1], T, scale, states.stride(0), REVERSE=True, X_IS_Q=False, **shapes)
+    _out((NT, B * H), q, g, gb, v, o, states, T, scale, BIDIR=not causal, SEP_GB=sep, **shapes)
     return o
 
 
 @torch.library.custom_op('metala_kernels::chunk_bwd', mutates_args=())
 def _chunk_bwd(q: torch.Tensor, g: torch.Tensor, gb: torch.Tensor, v: torch.Tensor, do: torch.Tensor, scale: float,
                causal: bool, sep: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """-> dq, dg, dgb, dv in fp32 (dgb is empty [0] unless sep: the kernel then adds both scans' gate grads to dg)."""
+    """-> dq, dg, dgb, dv in fp32 (dgb is empty [0] unless sep; without sep both scans' gate grads go to dg)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     dq = torch.empty(q.shape, dtype=torch.float32, device=q.device)
@@ -528,19 +380,15 @@ def _chunk_bwd(q: torch.Tensor, g: torch.Tensor, gb: torch.Tensor, v: torch.Tens
     BT = _chunk_len(T, K, V)
     NT = triton.cdiv(T, BT)
     shapes = dict(H=H, K=K, V=V, BT=BT, PREC=_precision(v))
-    if _chunk_parallel():
-        states = v.new_empty(B * H, 2 if causal else 4, NT, K, V, dtype=torch.float32)
-        scans = [(v, g, 0, False, False), (do, g, 1, True, True)]  # (y, gates, slot, REVERSE, X_IS_Q): S, dS
-        if not causal:
-            scans += [(v, gb, 2, True, False), (do, gb, 3, False, True)]  # R, dR
-        for y, gates, slot, reverse, x_is_q in scans:
-            _states((B * H,), q, gates, y, states[:, slot], T, scale, states.stride(0), REVERSE=reverse,
-                    X_IS_Q=x_is_q, **shapes)
-        _bwd_chunks((NT, B * H), q, g, gb, v, do, dq, dg, dgb if sep else dg, dv, states, T, scale,
-                    BIDIR=not causal, SEP_GB=sep, **shapes)
-    else:
-        _bwd((B * H,), q, g, gb, v, do, dq, dg, dgb if sep else dg, dv, T, scale, BIDIR=not causal, SEP_GB=sep,
-             **shapes)
+    states = v.new_empty(B * H, 2 if causal else 4, NT, K, V, dtype=torch.float32)
+    scans = [(v, g, 0, False, False), (do, g, 1, True, True)]  # (y, gates, slot, REVERSE, X_IS_Q): S, dS
+    if not causal:
+        scans += [(v, gb, 2, True, False), (do, gb, 3, False, True)]  # R, dR
+    for y, gates, slot, reverse, x_is_q in scans:
+        _states((B * H,), q, gates, y, states[:, slot], T, scale, states.stride(0), REVERSE=reverse, X_IS_Q=x_is_q,
+                **shapes)
+    _bwd((NT, B * H), q, g, gb, v, do, dq, dg, dgb if sep else dg, dv, states, T, scale, BIDIR=not causal,
+         SEP_GB=sep, **shapes)
     return dq, dg, dgb, dv
 
 

@@ -7,13 +7,11 @@ the measured device-to-device copy bandwidth.
 
     python scripts/bench_ops.py [--dtype bf16] [--out benchmarks/ops.md] [--shapes B:T:H ...] [--widths K:V ...]
 
-Each (K, V) row first compiles and autotunes both kernel paths (minutes): on a time budget, split the shapes
-over GPUs or processes with --shapes / --widths.
+Each (K, V) row first compiles and autotunes our kernels (minutes): on a time budget, split the rows over GPUs
+or processes with --shapes / --widths.
 """
 import argparse
-import contextlib
 import datetime
-import os
 import platform
 
 import torch
@@ -25,7 +23,6 @@ from metala_kernels import metala_attn
 
 SHAPES = [(256, 197, 6), (64, 1024, 6), (8, 4096, 6), (2, 16384, 6)]
 WIDTHS = [(32, 64), (64, 64)]  # (K, V): ViT-S MetaLA heads, and K = V = 64
-PATHS = ('fused', 'parallel')  # the Triton kernels' two paths (kernels/chunk.py, _chunk_parallel)
 
 
 def bench(fn, grad_of=()):
@@ -62,29 +59,6 @@ def check_against_torch_path(q, g, v, causal):
     return max(((a.float() - b).norm() / b.norm()).item() for a, b in zip(*results))
 
 
-@contextlib.contextmanager
-def chunk_path(path):
-    """Forces the Triton kernels' path (METALA_CHUNK_PATH: fused or chunk-parallel) within the block."""
-    before = os.environ.get('METALA_CHUNK_PATH')
-    os.environ['METALA_CHUNK_PATH'] = path
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ['METALA_CHUNK_PATH']
-        else:
-            os.environ['METALA_CHUNK_PATH'] = before
-
-
-def both_paths(fn, inputs):
-    """{path: (fwd ms, fwd+bwd ms)} of fn on the fused and on the chunk-parallel kernels."""
-    timings = {}
-    for path in PATHS:
-        with chunk_path(path):
-            timings[path] = fwd_and_train(fn, inputs)
-    return timings
-
-
 def metala_inputs(B, T, H, K, V, dtype):
     q = torch.randn(B, T, H, K, device='cuda', dtype=dtype, requires_grad=True)
     g = (F.logsigmoid(torch.randn(B, T, H, K, device='cuda')) / 16).to(dtype).requires_grad_()
@@ -119,8 +93,8 @@ def run(shapes, widths, dtype, bandwidth, out_path, head):
         del qs
         for K, V in widths:
             q, g, v = metala_inputs(B, T, H, K, V, dtype)
-            ours = both_paths(lambda q, g, v: metala_attn(q, g, v), (q, g, v))
-            ours_causal = both_paths(lambda q, g, v: metala_attn(q, g, v, causal=True), (q, g, v))
+            ours = fwd_and_train(lambda q, g, v: metala_attn(q, g, v), (q, g, v))
+            ours_causal = fwd_and_train(lambda q, g, v: metala_attn(q, g, v, causal=True), (q, g, v))
             k = (1 - g.float().exp()).to(dtype).detach().requires_grad_()
             g32 = g.float().detach().requires_grad_()
             try:
@@ -128,10 +102,7 @@ def run(shapes, widths, dtype, bandwidth, out_path, head):
                 fla_c = fwd_and_train(fla_causal, (q, k, v, g32))
             except ImportError:
                 fla_bi = fla_c = (float('nan'), float('nan'))
-            err = 0.
-            for path in PATHS:
-                with chunk_path(path):
-                    err = max(err, check_against_torch_path(q, g, v, False), check_against_torch_path(q, g, v, True))
+            err = max(check_against_torch_path(q, g, v, False), check_against_torch_path(q, g, v, True))
             floor_ms = (q.numel() + g.numel() + 2 * v.numel()) * q.element_size() / bandwidth * 1e3
             rows.append(dict(B=B, T=T, H=H, K=K, V=V, err=err, floor=floor_ms, ours=ours, sdpa=(sdpa_fwd, sdpa_train),
                              fla_bi=fla_bi, causal=ours_causal, fla_causal=fla_c))
@@ -143,23 +114,19 @@ def run(shapes, widths, dtype, bandwidth, out_path, head):
 
 
 def table(rows, header=True):
-    """Ours: fused / chunk-parallel path; the ratios take the faster of the two."""
     lines = []
     if header:
-        lines += ['| B | T | H | K | V | max rel err | floor ms | ours fwd fused / parallel | SDPA fwd '
-                  '| fla 2-pass fwd | ours fwd+bwd fused / parallel | SDPA fwd+bwd | fla 2-pass fwd+bwd | ours/SDPA fwd '
-                  '| ours/SDPA fwd+bwd | fla/ours fwd+bwd | causal fwd+bwd fused / parallel | fla chunk_gla fwd+bwd '
-                  '| ours/fla causal |',
+        lines += ['| B | T | H | K | V | max rel err | floor ms | ours fwd | SDPA fwd | fla 2-pass fwd | ours fwd+bwd '
+                  '| SDPA fwd+bwd | fla 2-pass fwd+bwd | ours/SDPA fwd | ours/SDPA fwd+bwd | fla/ours fwd+bwd '
+                  '| causal fwd+bwd | fla chunk_gla fwd+bwd | ours/fla causal |',
                   '|' + '---|' * 19]
     for r in rows:
-        (sf, st), (ff, ft), (_, gt) = r['sdpa'], r['fla_bi'], r['fla_causal']
-        (of1, ot1), (of2, ot2) = (r['ours'][p] for p in PATHS)
-        ct1, ct2 = (r['causal'][p][1] for p in PATHS)
-        of, ot, ct = min(of1, of2), min(ot1, ot2), min(ct1, ct2)
+        (of, ot), (sf, st), (ff, ft) = r['ours'], r['sdpa'], r['fla_bi']
+        (_, ct), (_, gt) = r['causal'], r['fla_causal']
         lines.append(f"| {r['B']} | {r['T']} | {r['H']} | {r['K']} | {r['V']} | {r['err']:.1e} | {r['floor']:.3f} "
-                     f"| {of1:.3f} / {of2:.3f} | {sf:.3f} | {ff:.3f} | {ot1:.3f} / {ot2:.3f} | {st:.3f} | {ft:.3f} "
-                     f"| {of / sf:.2f} | {ot / st:.2f} | {ft / ot:.1f} | {ct1:.3f} / {ct2:.3f} | {gt:.3f} "
-                     f"| {ct / gt:.2f} |")
+                     f"| {of:.3f} | {sf:.3f} | {ff:.3f} | {ot:.3f} | {st:.3f} | {ft:.3f} | {of / sf:.2f} | {ot / st:.2f} "
+                     f"| {ft / ot:.1f} "
+                     f"| {ct:.3f} | {gt:.3f} | {ct / gt:.2f} |")
     return '\n'.join(lines)
 
 
@@ -188,8 +155,7 @@ def main():
             f'- times are medians in ms (triton.testing.do_bench); SDPA is FlashAttention at head dim 64 and '
             f'the same B, T, H; fla 2-pass = chunk_gla + chunk_gla on the flipped sequence; '
             f'floor = q, g, v read once + o written once at the copy bandwidth; max rel err = o, dq, dg, dv of '
-            f'the timed kernels (both modes, both paths) against the PyTorch path in fp32; ours on the fused '
-            f'kernels / the chunk-parallel ones, ratios with the faster\n\n')
+            f'the timed kernels (both modes) against the PyTorch path in fp32\n\n')
     rows = run(args.shapes, args.widths, dtype, bandwidth, args.out, head)
     print(head + table(rows))
 

@@ -19,14 +19,10 @@ BACKENDS = ['torch', pytest.param('triton', marks=NEEDS_TRITON)]
 TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 5e-3}
 
 
-@pytest.fixture(params=['torch', pytest.param('triton', marks=NEEDS_TRITON),
-                        pytest.param('triton-parallel', marks=NEEDS_TRITON)])
-def backend(request, monkeypatch):
-    """metala_attn's backend; the Triton one on each of its paths (fused kernels, chunk-parallel kernels)."""
-    if request.param == 'torch':
-        return 'torch'
-    monkeypatch.setenv('METALA_CHUNK_PATH', 'parallel' if request.param == 'triton-parallel' else 'fused')
-    return 'triton'
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    """metala_attn's backend."""
+    return request.param
 
 
 def rel_err(out, ref):
@@ -175,13 +171,11 @@ def test_chunks_of_both_gate_regimes_in_one_call(backend):
 
 
 @NEEDS_TRITON
-@pytest.mark.parametrize('path', ['fused', 'parallel'])
 @pytest.mark.parametrize('causal', [False, True])
-def test_chunk_paths(monkeypatch, path, causal):
-    """Both Triton paths (fused; chunk-parallel: states kernels, then one program per chunk) against the
-    oracle over 4 chunks with padding, separate backward gates and a chunk that needs per-pair decays (alpha ~ 0
-    in its middle) between chunks that do not, gradients included."""
-    monkeypatch.setenv('METALA_CHUNK_PATH', path)
+def test_state_boundaries(causal):
+    """The Triton kernels against the oracle over 4 chunks with padding, separate backward gates and a chunk that
+    needs per-pair decays (alpha ~ 0 in its middle) between chunks that do not, gradients included: the states
+    entering each chunk, and the gate gradient's part from later chunks (the boundary products)."""
     x, mask = make_inputs(2, 200, 2, 16, 32, sep=not causal, masked=True, aug=True, seed=12)
     near_zero = ((torch.arange(200) - 80).abs() < 16)[None, :, None, None]  # inside chunk 1, away from its edges
     for name in set(x) & {'g', 'g_bwd'}:
@@ -189,14 +183,6 @@ def test_chunk_paths(monkeypatch, path, causal):
     do = torch.randn(2, 200, 2, 32, dtype=torch.float64)
     assert_close(run(x, mask, torch.float32, do, causal=causal, backend='triton'), oracle(x, mask, do, causal),
                  TOL[torch.float32])
-
-
-@NEEDS_TRITON
-def test_chunk_path_setting_is_checked(monkeypatch):
-    monkeypatch.setenv('METALA_CHUNK_PATH', 'fast')
-    x, _ = make_inputs(1, 8, 1, 16, 16)
-    with pytest.raises(ValueError, match="METALA_CHUNK_PATH must be 'fused' or 'parallel'"):
-        metala_attn(*(x[n].float().to(DEVICE) for n in 'qgv'), backend='triton')
 
 
 @pytest.mark.parametrize('g_value', [-1e-7, -20.0])
