@@ -67,12 +67,14 @@ def test_loss_counts_answer_positions_only(mqar_script, kind):
     model = mqar_script.build_model(kind, 64, 64, 1, 32).eval()
     inputs, labels = multiquery_ar(4, 32, 4, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        loss, hits, count = mqar_script.answer_loss_and_hits(model, inputs, labels)
+        answer, targets = mqar_script.answer_logits(model, inputs, labels)
         logits = model(inputs).logits
-    assert count == 16
-    torch.testing.assert_close(loss, F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100))
+    assert answer.shape == (16, 64) and answer.dtype == torch.float32
+    torch.testing.assert_close(F.cross_entropy(answer, targets),
+                               F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100))
     answers = labels != IGNORE_INDEX
-    assert hits == (logits.argmax(-1)[answers] == labels[answers]).sum().item()
+    torch.testing.assert_close(answer, logits[answers].float())
+    assert torch.equal(targets, labels[answers])
 
 
 def test_quick_training_lowers_the_loss(mqar_script):
