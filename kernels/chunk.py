@@ -259,8 +259,8 @@ def _metala_bwd_kernel(q, g, gb, v, do, dq, dg, dgb, dv, states, T, scale,
                        H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                        BIDIR: tl.constexpr, SEP_GB: tl.constexpr, PREC: tl.constexpr):
     """Step 2 of the backward, one program per (chunk, batch, head), from the states around the chunk,
-    states [B*H, 2 + 2 BIDIR, N, K, V] = S, dS, R, dR (see _metala_states_kernel).  dq, dg, dgb, dv: fp32;
-    without SEP_GB, dgb is dg and receives nothing.
+    states [B*H, 2 + 2 BIDIR, N, K, V] = S, dS, R, dR (see _metala_states_kernel).  dq, dg, dgb, dv: in
+    the dtypes of q, g, gb, v, computed in fp32 and stored once; without SEP_GB, dgb is dg and receives nothing.
 
     The gate gradient of a token sums dlam = q dq - k dk over every later token of the sequence.  The part from
     later chunks equals the pairs that cross the chunk's right edge, sum_v S_{n+1} dS_n (forward scan) and
@@ -369,13 +369,12 @@ def _chunk_fwd(q: torch.Tensor, g: torch.Tensor, gb: torch.Tensor, v: torch.Tens
 @torch.library.custom_op('metala_kernels::chunk_bwd', mutates_args=())
 def _chunk_bwd(q: torch.Tensor, g: torch.Tensor, gb: torch.Tensor, v: torch.Tensor, do: torch.Tensor, scale: float,
                causal: bool, sep: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """-> dq, dg, dgb, dv in fp32 (dgb is empty [0] unless sep; without sep both scans' gate grads go to dg)."""
+    """-> dq, dg, dgb, dv in the dtypes of q, g, gb, v (dgb is empty [0] unless sep; without sep both scans' gate
+    grads go to dg).  Each program computes its chunk's gradients whole in fp32 and stores them once."""
     B, T, H, K = q.shape
     V = v.shape[-1]
-    dq = torch.empty(q.shape, dtype=torch.float32, device=q.device)
-    dg = torch.empty_like(dq)
-    dgb = torch.empty_like(dq) if sep else dq.new_empty(0)
-    dv = torch.empty(v.shape, dtype=torch.float32, device=v.device)
+    dq, dg, dv = torch.empty_like(q), torch.empty_like(g), torch.empty_like(v)
+    dgb = torch.empty_like(gb) if sep else g.new_empty(0)
     do = do.contiguous()
     BT = _chunk_len(T, K, V)
     NT = triton.cdiv(T, BT)
@@ -403,9 +402,8 @@ def _(q, g, gb, v, scale, causal, sep):
 
 @_chunk_bwd.register_fake
 def _(q, g, gb, v, do, scale, causal, sep):
-    dq = q.new_empty(q.shape, dtype=torch.float32)
-    return dq, torch.empty_like(dq), torch.empty_like(dq) if sep else dq.new_empty(0), \
-        v.new_empty(v.shape, dtype=torch.float32)
+    return torch.empty_like(q), torch.empty_like(g), torch.empty_like(gb) if sep else g.new_empty(0), \
+        torch.empty_like(v)
 
 
 def _setup_context(ctx, inputs, output):
@@ -416,8 +414,7 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, do):
     q, g, gb, v = ctx.saved_tensors
     dq, dg, dgb, dv = _chunk_bwd(q, g, gb, v, do, ctx.scale, ctx.causal, ctx.sep)
-    dgb = dgb.to(gb.dtype) if ctx.sep else None
-    return dq.to(q.dtype), dg.to(g.dtype), dgb, dv.to(v.dtype), None, None, None
+    return dq, dg, dgb if ctx.sep else None, dv, None, None, None
 
 
 _chunk_fwd.register_autograd(_backward, setup_context=_setup_context)
