@@ -19,12 +19,6 @@ BACKENDS = ['torch', pytest.param('triton', marks=NEEDS_TRITON)]
 TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 5e-3}
 
 
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    """metala_attn's backend."""
-    return request.param
-
-
 def rel_err(out, ref):
     assert torch.isfinite(out).all(), 'non-finite values'
     return ((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30)).item()
@@ -79,6 +73,7 @@ def test_references_agree():
         assert rel_err(a, b) < 1e-12
 
 
+@pytest.mark.parametrize('backend', BACKENDS)
 @pytest.mark.parametrize('causal', [False, True])
 @pytest.mark.parametrize('T', [1, 7, 63, 65, 197])
 def test_matches_oracle(backend, causal, T):
@@ -91,6 +86,7 @@ def test_matches_oracle(backend, causal, T):
     assert_close(out, ref, TOL[torch.float32])
 
 
+@pytest.mark.parametrize('backend', BACKENDS)
 @pytest.mark.parametrize('K,V', [(32, 64), (64, 64), (128, 32)])
 def test_head_dims(backend, K, V):
     x, mask = make_inputs(1, 40, 2, K, V)
@@ -99,6 +95,7 @@ def test_head_dims(backend, K, V):
 
 
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize('backend', BACKENDS)
 def test_half_precision(backend, dtype):
     """Half inputs: result in the input dtype, error measured against the oracle on the rounded inputs."""
     if backend == 'triton' and dtype == torch.bfloat16 and DEVICE == 'cpu':
@@ -111,6 +108,7 @@ def test_half_precision(backend, dtype):
     assert_close(out, oracle(x, mask, do, False), TOL[dtype])
 
 
+@pytest.mark.parametrize('backend', BACKENDS)
 def test_matches_fla_gla_in_causal_mode(backend):
     """Causal mode is fla's GLA with k = 1 - alpha: naive_recurrent_gla(q, 1 - alpha, v, log alpha)."""
     from fla.ops.gla.naive import naive_recurrent_gla
@@ -120,6 +118,7 @@ def test_matches_fla_gla_in_causal_mode(backend):
     assert rel_err(o.cpu(), ref) < TOL[torch.float32]
 
 
+@pytest.mark.parametrize('backend', BACKENDS)
 def test_bidirectional_is_causal_plus_flipped_causal_minus_diagonal(backend):
     q, g, v = (x.float().to(DEVICE) for x in make_inputs(2, 70, 2, 16, 16)[0].values())
     bidir = metala_attn(q, g, v, backend=backend)
@@ -129,6 +128,7 @@ def test_bidirectional_is_causal_plus_flipped_causal_minus_diagonal(backend):
     assert rel_err(bidir, fwd + bwd - diag) < 1e-5
 
 
+@pytest.mark.parametrize('backend', BACKENDS)
 @pytest.mark.parametrize('causal', [False, True])
 def test_padding_invariance(backend, causal):
     """Appending pads of random content changes no real output or gradient; pads output exactly zero."""
@@ -148,6 +148,7 @@ def test_padding_invariance(backend, causal):
         assert rel_err(cut, short[name]) < 1e-5, name
 
 
+@pytest.mark.parametrize('backend', BACKENDS)
 @pytest.mark.parametrize('g_value', [-1e-7, -20.0])
 def test_extreme_gates(backend, g_value):
     """alpha -> 1 and alpha ~ 2e-9 (the chunk fallback path): finite and equal to the oracle."""
@@ -157,6 +158,7 @@ def test_extreme_gates(backend, g_value):
     assert_close(run(x, mask, torch.float32, do, backend=backend), oracle(x, mask, do, False), TOL[torch.float32])
 
 
+@pytest.mark.parametrize('backend', BACKENDS)
 def test_chunks_of_both_gate_regimes_in_one_call(backend):
     """Chunks whose decay is exact as one product (alpha near 1) beside chunks that need the per-pair decays
     (alpha near 0), in one call: both paths, and the seams between them, against the oracle."""
@@ -197,6 +199,7 @@ def test_long_sequence_extreme_gates(g_value):
     assert rel_err(o.cpu(), ref) < TOL[torch.float32]
 
 
+@pytest.mark.parametrize('backend', BACKENDS)
 def test_non_contiguous_inputs(backend):
     x, _ = make_inputs(2, 20, 2, 16, 16)
     q, g, v = (t.float().to(DEVICE).transpose(1, 2).contiguous().transpose(1, 2) for t in x.values())
@@ -205,6 +208,7 @@ def test_non_contiguous_inputs(backend):
     assert rel_err(metala_attn(q, g, v, backend=backend), ref) < TOL[torch.float32]
 
 
+@pytest.mark.parametrize('backend', BACKENDS)
 @pytest.mark.parametrize('causal', [False, True])
 def test_torch_compile_fullgraph(backend, causal):
     """torch.compile keeps the operator in one graph (the Triton kernels are a custom op) and matches eager."""
