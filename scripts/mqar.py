@@ -99,7 +99,7 @@ def train_mqar(model, seq_len, num_kv_pairs, vocab, steps, batch, lr, device, se
     for step in range(steps):
         inputs, labels = multiquery_ar(batch, seq_len, num_kv_pairs, vocab, generator=gen)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == 'cuda'):
-            loss = F.cross_entropy(*answer_logits(model, inputs.to(device), labels.to(device)))
+            loss = F.cross_entropy(*answer_logits(model, inputs, labels))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -121,7 +121,7 @@ def evaluate_mqar(model, seq_len, num_kv_pairs, vocab, num_examples, device, see
     hits = total = 0
     for x, y in zip(inputs.split(batch), labels.split(batch)):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == 'cuda'):
-            logits, targets = answer_logits(model, x.to(device), y.to(device))
+            logits, targets = answer_logits(model, x, y)
         hits, total = hits + (logits.argmax(-1) == targets).sum().item(), total + targets.numel()
     return hits / total
 
