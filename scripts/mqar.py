@@ -43,11 +43,13 @@ DECODE_FULL = dict(d_model=1024, layers=24, vocab=32000, prompt=128, new_tokens=
 DECODE_QUICK = dict(d_model=64, layers=2, vocab=259, prompt=8, new_tokens=16, batches=[1, 4])
 
 
-def build_model(kind, vocab_size, d_model, num_layers, max_len):
-    """A causal LM of the given kind, width and depth; every kind gets MetaLA's SwiGLU width."""
+def build_model(kind, vocab_size, d_model, num_layers, max_len, decay_init=None):
+    """A causal LM of the given kind, width and depth; every kind gets MetaLA's SwiGLU width.  decay_init: MetaLA's
+    (t_min, t_max) gate-bias init (MetaLAConfig.decay_init)."""
     heads = max(1, d_model // HEAD_DIM)
     metala = MetaLAConfig(vocab_size=vocab_size, hidden_size=d_model, num_hidden_layers=num_layers,
-                          num_attention_heads=heads, pad_token_id=0, eos_token_id=None)
+                          num_attention_heads=heads, pad_token_id=0, eos_token_id=None,
+                          decay_init=decay_init)
     if kind == 'metala':
         return MetaLAForCausalLM(metala)
     if kind == 'attention':
@@ -140,7 +142,7 @@ def run_mqar(args, device):
             for kind in kinds:
                 torch.manual_seed(args.seed)
                 with device:  # initialised in place
-                    model = build_model(kind, size['vocab'], d_model, args.layers, max_len)
+                    model = build_model(kind, size['vocab'], d_model, args.layers, max_len, args.decay_init)
                 t0 = time.time()
                 first, last = train_mqar(model, seq_len, kv, size['vocab'], steps, batch, lr, device,
                                          seed=args.seed, log_every=args.log_every)
@@ -148,6 +150,8 @@ def run_mqar(args, device):
                 row = dict(model=kind, seq_len=seq_len, kv_pairs=kv, d_model=d_model,
                            state=state_size(kind, d_model, seq_len), loss_first=first, loss_last=last, acc=acc,
                            seconds=time.time() - t0)
+                if kind == 'metala' and args.decay_init:
+                    row['decay_init'] = args.decay_init
                 results.append(row)
                 print(json.dumps(row), flush=True)
                 write_mqar_report(args, size, steps, batch, lr, kinds, results, device)  # after each run
@@ -284,6 +288,9 @@ def main():
     parser.add_argument('--lr', type=float, default=None, help='peak learning rate (default: by size)')
     parser.add_argument('--batch', type=int, default=None, help='examples per training step (default: by size)')
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--decay-init', nargs=2, type=float, metavar=('T_MIN', 'T_MAX'),
+                        help="MetaLA's initial memory lengths in tokens (MetaLAConfig.decay_init; default: none, as "
+                             "released)")
     parser.add_argument('--log-every', type=int, default=0, help='print the mean training loss every n steps')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--out-dir', default='benchmarks')

@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 
+from metala_vision.layers import MetaLAMixer
 from metala_vision.models.metala_lm import MetaLAConfig, MetaLAForCausalLM
 from metala_vision.training import read_jsonl
 
@@ -40,6 +41,20 @@ def test_config_round_trip(tmp_path):
     assert type(loaded) is MetaLAConfig
     assert loaded.to_diff_dict() == config.to_diff_dict() and loaded.gate_norm == 8.0
     assert MetaLAConfig.from_dict(config.to_dict()).to_dict() == config.to_dict()
+
+
+def test_decay_init_survives_init_and_reload(tmp_path):
+    """transformers' init zeroes linear biases; the gate biases of decay_init are set after it, and a saved model
+    loads with them (and with decay_init in its config)."""
+    model = tiny_model(decay_init=[2, 64])
+    expected = MetaLAMixer(64, 2, short_conv='causal', causal=True, decay_init=(2, 64)).gate_proj.bias
+    for block in model.model.layers:
+        torch.testing.assert_close(block.attn.gate_proj.bias, expected)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert loaded.config.decay_init == [2, 64]
+    for block in loaded.model.layers:
+        torch.testing.assert_close(block.attn.gate_proj.bias, expected)
 
 
 @pytest.mark.parametrize('bad', [dict(num_attention_heads=4), dict(num_attention_heads=3),

@@ -5,6 +5,7 @@ from torch.utils.data import DataLoader
 
 from metala_vision.data.lra import LRA_TASKS, ListOpsConfig, ListOpsDataset, generate_listops, lra_collate_fn, \
     write_listops_tsv
+from metala_vision.layers import MetaLAMixer
 from metala_vision.models.lra import LRAClassifier
 
 
@@ -52,6 +53,15 @@ def test_gate_norm_reaches_every_mixer():
     assert [blk.attn.gate_norm for blk in slow.blocks] == [64.0, 64.0]
     with torch.no_grad():
         assert not torch.allclose(slow(ids), _model()(ids))
+
+
+def test_decay_init_survives_the_model_init():
+    """The classifier's weight init zeroes biases; the gate biases of decay_init are set after it (the mixer's own
+    values, which test_models checks against the memory lengths)."""
+    model = LRAClassifier(20, 10, 64, dim=64, depth=2, decay_init=(4, 4096))
+    expected = MetaLAMixer(64, 1, short_conv='1d', decay_init=(4, 4096)).gate_proj.bias
+    for blk in model.blocks:
+        torch.testing.assert_close(blk.attn.gate_proj.bias, expected)
 
 
 def test_errors_name_the_argument():

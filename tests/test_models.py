@@ -1,4 +1,5 @@
 """MetaLA-ViT as a timm model: the checks timm's own tests/test_models.py applies to every model, plus ours."""
+import math
 import socket
 
 import pytest
@@ -267,6 +268,36 @@ def test_separate_backward_gates_change_the_output():
         before = model(x)
         model.blocks[0].attn.gate_bwd_proj.weight.mul_(5)
         assert not torch.allclose(before, model(x))
+
+
+def initial_memory_lengths(mixer):
+    """-1 / log a of every gate channel at a zero input: [H * K] (and the backward scan's, if separate)."""
+    x = torch.zeros(1, 1, mixer.num_heads * mixer.head_dim)
+    projs = [p for p in (mixer.gate_proj, mixer.gate_bwd_proj) if p is not None]
+    with torch.no_grad():
+        return [(-1 / mixer.log_decay(x, p)).flatten().double() for p in projs]
+
+
+def expected_memory_lengths(t_min, t_max, mixer):
+    return torch.logspace(math.log10(t_min), math.log10(t_max), mixer.key_dim, dtype=torch.float64).repeat(
+        mixer.num_heads)
+
+
+def test_decay_init_spreads_the_initial_memory_lengths():
+    """decay_init=(t_min, t_max): each head's gate channels start with memory lengths log-spaced over the range,
+    in both scans, and the model's own weight init (which zeroes biases) leaves them so; without it the gates have
+    no bias (as released) and every channel starts at gate_norm / log 2 tokens."""
+    model = timm.create_model('metala_vit_t_p4_32', decay_init=(2, 300), separate_bwd_gates=True, **TINY)
+    for blk in model.blocks:
+        for lengths in initial_memory_lengths(blk.attn):
+            torch.testing.assert_close(lengths, expected_memory_lengths(2, 300, blk.attn), rtol=1e-5, atol=0)
+    plain = MetaLAMixer(64, 2, short_conv='1d')
+    assert plain.gate_proj.bias is None
+    torch.testing.assert_close(initial_memory_lengths(plain)[0],
+                               torch.full((32,), 16 / math.log(2), dtype=torch.float64))
+    for bad in [(0, 10), (10, 2), (5,)]:
+        with pytest.raises(ValueError, match='decay_init'):
+            MetaLAMixer(64, 2, decay_init=bad)
 
 
 def test_bad_construction_errors():

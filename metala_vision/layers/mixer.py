@@ -9,6 +9,8 @@ NeurIPS 2024), as released, with a 2-D short convolution for images.
     o      = metala_attn(q, log a, v) + sigmoid((q . (k * w_aug)) v)      self-augmentation, w_aug = 0 at init
     y      = Wo (silu(x Wg + b) * LayerNorm_D(o))         LayerNorm per head, no affine
 """
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -78,28 +80,51 @@ class MetaLAMixer(nn.Module):
 
     dim = num_heads * head_dim; query/key-gate width head_dim // 2 per head (head_dim // 2 must be one of 16, 32, 64,
     128, and so must head_dim). causal=False scans both directions (images, LRA); separate_bwd_gates gives the
-    backward scan its own gate projection. gate_norm is the 16 of log a = logsigmoid(.) / 16.
+    backward scan its own gate projection. gate_norm is the 16 of log a = logsigmoid(.) / 16. decay_init=(t_min, t_max)
+    adds a bias to the gate projections, initialised so that the initial memory lengths -1 / log a spread log-evenly
+    from t_min to t_max tokens over each head's channels (None, as released: no bias, every channel starts at
+    -1 / log a = gate_norm / log 2, 23 tokens).
     """
 
     def __init__(self, dim, num_heads, *, short_conv='2d', conv_size=None, causal=False, separate_bwd_gates=False,
-                 gate_norm=16.0, self_aug=True, norm_eps=1e-5, proj_drop=0.0, backend='auto'):
+                 gate_norm=16.0, decay_init=None, self_aug=True, norm_eps=1e-5, proj_drop=0.0, backend='auto'):
         super().__init__()
+        if decay_init is not None and not (len(decay_init) == 2 and 0 < decay_init[0] <= decay_init[1]):
+            raise ValueError(f'decay_init must be (t_min, t_max) memory lengths in tokens with 0 < t_min <= t_max, '
+                             f'got {decay_init!r}')
         if dim % num_heads:
             raise ValueError(f'dim={dim} must be divisible by num_heads={num_heads}')
         self.num_heads, self.head_dim = num_heads, dim // num_heads
         self.key_dim = self.head_dim // 2
         self.causal, self.gate_norm, self.backend = causal, gate_norm, backend
+        self.decay_init = None if decay_init is None else tuple(float(t) for t in decay_init)
         conv_size = conv_size or (4 if short_conv == 'causal' else 3)
         self.short_conv = ShortConv(dim, short_conv, conv_size)
         self.q_proj = nn.Linear(dim, dim // 2, bias=False)
-        self.gate_proj = nn.Linear(dim, dim // 2, bias=False)
-        self.gate_bwd_proj = nn.Linear(dim, dim // 2, bias=False) if separate_bwd_gates and not causal else None
+        gate_bias = decay_init is not None
+        self.gate_proj = nn.Linear(dim, dim // 2, bias=gate_bias)
+        self.gate_bwd_proj = nn.Linear(dim, dim // 2, bias=gate_bias) if separate_bwd_gates and not causal else None
         self.v_proj = nn.Linear(dim, dim, bias=False)
         self.out_gate_proj = nn.Linear(dim, dim, bias=True)
         self.aug_weight = nn.Parameter(torch.zeros(num_heads, self.key_dim)) if self_aug else None
         self.norm_eps = norm_eps  # of the LayerNorm per head (no affine), fused into the readout
         self.out_proj = nn.Linear(dim, dim, bias=False)
         self.proj_drop = nn.Dropout(proj_drop)
+        self.init_gate_bias()
+
+    def init_gate_bias(self, copy_=None):
+        """Set the gate biases of decay_init (nothing without it): logsigmoid(b) / gate_norm = -1 / t for t
+        log-spaced over [t_min, t_max] in each head.  Models whose weight init zeroes biases call this after it
+        (copy_(param, value): their own copy, e.g. transformers' flag-aware one)."""
+        if self.decay_init is None:
+            return
+        t_min, t_max = self.decay_init
+        lengths = torch.logspace(math.log10(t_min), math.log10(t_max), self.key_dim, dtype=torch.float64)
+        bias = -torch.log(torch.expm1(self.gate_norm / lengths)).repeat(self.num_heads)  # softplus(-b) = norm / t
+        with torch.no_grad():
+            for proj in (self.gate_proj, self.gate_bwd_proj):
+                if proj is not None:
+                    (copy_ or torch.Tensor.copy_)(proj.bias, bias.to(proj.bias.dtype))
 
     def log_decay(self, x, proj):
         """log a = logsigmoid(x W) / gate_norm in fp32: [B, N, H, K]."""

@@ -9,7 +9,7 @@ encodes both documents with the same encoder and classifies [u, v, u * v, u - v]
 import torch
 from torch import nn
 
-from metala_vision.layers import MetaLABlock
+from metala_vision.layers import MetaLABlock, MetaLAMixer
 
 
 class LRAClassifier(nn.Module):
@@ -18,7 +18,7 @@ class LRAClassifier(nn.Module):
 
     def __init__(self, vocab_size, num_classes, max_len, dim=128, depth=4, num_heads=None, mlp_ratio=2.0,
                  mlp_layer='gelu', pos_embed=False, drop_rate=0.0, drop_path_rate=0.0, separate_bwd_gates=False,
-                 gate_norm=16.0, paired=False, backend='auto'):
+                 gate_norm=16.0, decay_init=None, paired=False, backend='auto'):
         super().__init__()
         num_heads = num_heads or max(1, dim // 64)
         self.paired, self.max_len = paired, max_len
@@ -28,7 +28,8 @@ class LRAClassifier(nn.Module):
         drop_path = torch.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.ModuleList([
             MetaLABlock(dim, num_heads, mlp_ratio, mlp_layer, drop_path[i], proj_drop=drop_rate, short_conv='1d',
-                        separate_bwd_gates=separate_bwd_gates, gate_norm=gate_norm, backend=backend)
+                        separate_bwd_gates=separate_bwd_gates, gate_norm=gate_norm, decay_init=decay_init,
+                        backend=backend)
             for i in range(depth)])
         self.norm = nn.LayerNorm(dim)
         features = 4 * dim if paired else dim
@@ -44,6 +45,8 @@ class LRAClassifier(nn.Module):
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, std=.02)
+        elif isinstance(m, MetaLAMixer):  # after its linears (apply visits children first)
+            m.init_gate_bias()
 
     def no_weight_decay(self):
         return {'pos_embed'} | {n for n, _ in self.named_parameters() if n.endswith('.aug_weight')}

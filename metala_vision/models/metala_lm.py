@@ -38,7 +38,8 @@ HEAD_DIMS = (32, 64, 128)  # v width per head; q / key-gate width is half of it,
 class MetaLAConfig(PreTrainedConfig):
     """MetaLA LM configuration.  The defaults match the byte-level tokenizer (metala_vision.data.text):
     259 ids, pad 0, eos 1.  attn_backend: 'metala' (our kernels: Triton on CUDA, PyTorch on CPU) or 'fla'
-    (fla's chunk_gla, CUDA only) for prompts; decoding steps use the same PyTorch recurrence with either."""
+    (fla's chunk_gla, CUDA only) for prompts; decoding steps use the same PyTorch recurrence with either.
+    decay_init: [t_min, t_max] initial memory lengths of the gates (MetaLAMixer), or None as released."""
 
     model_type = 'metala'
 
@@ -50,6 +51,7 @@ class MetaLAConfig(PreTrainedConfig):
     multiple_of: int = 256
     conv_size: int = 4
     gate_norm: float = 16.0
+    decay_init: list[float] | None = None
     self_aug: bool = True
     attn_backend: str = 'metala'
     norm_eps: float = 1e-5
@@ -125,6 +127,7 @@ class MetaLADecoderLayer(GradientCheckpointingLayer):
         self.attn_norm = nn.RMSNorm(config.hidden_size, eps=config.norm_eps)
         self.attn = MetaLAMixer(config.hidden_size, config.num_attention_heads, short_conv='causal',
                                 conv_size=config.conv_size, causal=True, gate_norm=config.gate_norm,
+                                decay_init=config.decay_init,
                                 self_aug=config.self_aug, norm_eps=config.norm_eps)
         self.mlp_norm = nn.RMSNorm(config.hidden_size, eps=config.norm_eps)
         self.mlp = MetaLAMLP(config.hidden_size, config.intermediate_size)
@@ -177,11 +180,14 @@ class MetaLAPreTrainedModel(PreTrainedModel):
     _is_stateful = True
 
     def _init_weights(self, module):
-        """transformers' defaults (normal(initializer_range) linears, convs and embeddings; unit norms), and a zero
-        self-augmentation weight, as in the released model."""
+        """transformers' defaults (normal(initializer_range) linears, convs and embeddings; unit norms), a zero
+        self-augmentation weight, as in the released model, and the gate biases of decay_init (if set) after
+        the mixer's linears zeroed them (apply visits children first)."""
         super()._init_weights(module)
-        if isinstance(module, MetaLAMixer) and module.aug_weight is not None:
-            init.zeros_(module.aug_weight)
+        if isinstance(module, MetaLAMixer):
+            if module.aug_weight is not None:
+                init.zeros_(module.aug_weight)
+            module.init_gate_bias(init.copy_)
 
 
 class MetaLAModel(MetaLAPreTrainedModel):

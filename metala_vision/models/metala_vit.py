@@ -17,7 +17,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 
-from metala_vision.layers import MetaLABlock
+from metala_vision.layers import MetaLABlock, MetaLAMixer
 
 __all__ = ['MetaLAViT']
 
@@ -35,15 +35,15 @@ class MetaLAViT(nn.Module):
     """MetaLA Vision Transformer: images [B, in_chans, H, W] -> logits [B, num_classes].
 
     H and W: any multiple of patch_size.  global_pool: 'avg' (over patch tokens, the default), 'token' (needs
-    class_token=True) or '' (forward returns the tokens).  mixer options (separate_bwd_gates, gate_norm, self_aug,
-    backend) pass through to MetaLAMixer.
+    class_token=True) or '' (forward returns the tokens).  mixer options (separate_bwd_gates, gate_norm, decay_init,
+    self_aug, backend) pass through to MetaLAMixer.
     """
 
     def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000, global_pool='avg',
                  embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0, mlp_layer='gelu', class_token=False,
                  pos_embed=False, dynamic_img_size=True, init_values=None, drop_rate=0.0, pos_drop_rate=0.0,
-                 proj_drop_rate=0.0, drop_path_rate=0.0, separate_bwd_gates=False, gate_norm=16.0, self_aug=True,
-                 backend='auto'):
+                 proj_drop_rate=0.0, drop_path_rate=0.0, separate_bwd_gates=False, gate_norm=16.0, decay_init=None,
+                 self_aug=True, backend='auto'):
         super().__init__()
         _check_global_pool(global_pool, class_token)
         self.num_classes, self.global_pool = num_classes, global_pool
@@ -65,7 +65,7 @@ class MetaLAViT(nn.Module):
         self.blocks = nn.ModuleList([
             MetaLABlock(embed_dim, num_heads, mlp_ratio, mlp_layer, drop_path[i], init_values, proj_drop_rate,
                         short_conv='2d', separate_bwd_gates=separate_bwd_gates, gate_norm=gate_norm,
-                        self_aug=self_aug, backend=backend)
+                        decay_init=decay_init, self_aug=self_aug, backend=backend)
             for i in range(depth)])
         self.feature_info = [dict(module=f'blocks.{i}', num_chs=embed_dim, reduction=self.patch_size[0])
                              for i in range(depth)]
@@ -82,6 +82,8 @@ class MetaLAViT(nn.Module):
             trunc_normal_(m.weight, std=.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+        elif isinstance(m, MetaLAMixer):  # after its linears (apply visits children first)
+            m.init_gate_bias()
 
     @torch.jit.ignore
     def no_weight_decay(self):
