@@ -1,0 +1,79 @@
+"""Registers per thread, spilled bytes and shared memory of our Triton kernels, compiled for an NVIDIA target on any
+machine (no GPU needed: Triton's own ptxas).  A proxy for occupancy while the kernels change on a CPU machine (a
+program of 8 warps at 255 registers fills a whole SM's register file); the times still come from bench_ops.py.
+
+    python scripts/kernel_registers.py [--arch 90] [--widths K:V ...] [--chunk BT]
+"""
+import argparse
+import os
+import re
+import subprocess
+import tempfile
+
+os.environ.pop('TRITON_INTERPRET', None)  # compile, do not interpret
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.backends.nvidia.compiler import get_ptxas  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from metala_kernels import chunk  # noqa: E402
+
+FP32 = ('g', 'gb', 'dg', 'dgb', 'states')  # pointers to fp32 (gates as the mixer gives them, states); others bf16
+KERNELS = [  # (name, kernel, pointer args, constexpr variant, warps to try)
+    ('states (values)', chunk._metala_states_kernel, ('x', 'g', 'y', 'states'), dict(REVERSE=False, X_IS_Q=False),
+     (4, 8)),
+    ('states (gradients)', chunk._metala_states_kernel, ('x', 'g', 'y', 'states'), dict(REVERSE=True, X_IS_Q=True),
+     (4, 8)),
+    ('output, bidirectional', chunk._metala_out_kernel, ('q', 'g', 'gb', 'v', 'o', 'states'),
+     dict(BIDIR=True, SEP_GB=False), (4, 8)),
+    ('output, causal', chunk._metala_out_kernel, ('q', 'g', 'gb', 'v', 'o', 'states'),
+     dict(BIDIR=False, SEP_GB=False), (4, 8)),
+    ('backward, bidirectional', chunk._metala_bwd_kernel,
+     ('q', 'g', 'gb', 'v', 'do', 'dq', 'dg', 'dgb', 'dv', 'states'), dict(BIDIR=True, SEP_GB=False), (8,)),
+    ('backward, causal', chunk._metala_bwd_kernel,
+     ('q', 'g', 'gb', 'v', 'do', 'dq', 'dg', 'dgb', 'dv', 'states'), dict(BIDIR=False, SEP_GB=False), (8,)),
+]
+
+
+def resources(kernel, pointers, constexprs, num_warps, arch):
+    """(registers per thread, spill store bytes, shared memory bytes) of one compiled variant."""
+    signature = {name: '*fp32' if name in FP32 else '*bf16' for name in pointers}
+    signature.update(T='i32', scale='fp32')
+    if 'BH_STRIDE' in kernel.arg_names:
+        signature['BH_STRIDE'] = 'i32'
+    signature.update({name: 'constexpr' for name in constexprs})
+    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs),
+                              target=GPUTarget('cuda', arch, 32), options=dict(num_warps=num_warps, num_stages=1))
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx = os.path.join(tmp, 'kernel.ptx')
+        with open(ptx, 'w') as f:
+            f.write(compiled.asm['ptx'])
+        report = subprocess.run([get_ptxas(arch).path, f'-arch=sm_{arch}a', '-v', ptx, '-o', os.devnull],
+                                capture_output=True, text=True, check=True).stderr
+    registers = int(re.search(r'Used (\d+) registers', report).group(1))
+    spills = int(re.search(r'(\d+) bytes spill stores', report).group(1))
+    return registers, spills, compiled.metadata.shared
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--arch', type=int, default=90, help='compute capability x 10 (90: H100, H200)')
+    parser.add_argument('--widths', nargs='+', default=['32:64', '64:64'], metavar='K:V')
+    parser.add_argument('--chunk', type=int, default=None, help='tokens a chunk (default: as the kernels choose)')
+    args = parser.parse_args()
+    print(f'triton {triton.__version__}, sm_{args.arch}')
+    print('| kernel | K | V | chunk | warps | registers | spill bytes | shared bytes |')
+    print('|---|---|---|---|---|---|---|---|')
+    for widths in args.widths:
+        K, V = map(int, widths.split(':'))
+        BT = args.chunk or chunk._chunk_len(4096, K, V)
+        for name, kernel, pointers, variant, warps in KERNELS:
+            constexprs = dict(H=6, K=K, V=V, BT=BT, PREC='tf32', **variant)
+            for num_warps in warps:
+                registers, spills, shared = resources(kernel, pointers, constexprs, num_warps, args.arch)
+                print(f'| {name} | {K} | {V} | {BT} | {num_warps} | {registers} | {spills} | {shared} |', flush=True)
+
+
+if __name__ == '__main__':
+    main()
