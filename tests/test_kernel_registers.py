@@ -1,0 +1,18 @@
+"""scripts/kernel_registers.py compiles every kernel variant for sm_90 (no GPU needed) and reports its resources."""
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / 'scripts' / 'kernel_registers.py'
+
+
+def test_reports_every_kernel_variant():
+    out = subprocess.run([sys.executable, str(SCRIPT), '--widths', '16:32'], capture_output=True, text=True,
+                         check=True).stdout
+    rows = [line.strip('|').split('|') for line in out.splitlines() if line.startswith('| ') and '---' not in line]
+    header, rows = rows[0], rows[1:]
+    assert [c.strip() for c in header][-3:] == ['registers', 'spill bytes', 'shared bytes']
+    assert len(rows) == 10  # states x2 (4 and 8 warps each), output x2 (4 and 8 each), backward x2 (8)
+    for row in rows:
+        registers, spills, shared = (int(c) for c in row[-3:])
+        assert 16 <= registers <= 255 and spills >= 0 and shared > 0, row
