@@ -91,6 +91,7 @@ DEFAULTS = dict(
     separate_bwd_gates=False,
     gate_norm=16.0,  # log alpha = logsigmoid(.) / gate_norm: larger = slower decay (longer memory) at init
     decay_init=None,  # [t_min, t_max]: gate biases spreading the initial memory lengths over t_min..t_max tokens
+    init_values=None,  # layer scale of both branches of every block at init (null: none)
     # optimisation
     batch_size=32,  # per process
     val_batch_size=None,  # null = batch_size
@@ -113,7 +114,7 @@ DEFAULTS = dict(
 # Types of the keys whose default is null.
 TYPES = dict(task=str, data_dir=str, cache_dir=str, num_examples=int, max_len=int, generate_workers=int,
              num_heads=int, val_batch_size=int, clip_grad=float, mixed_precision=str, output=str,
-             stop_after_updates=int, decay_init=list)
+             stop_after_updates=int, decay_init=list, init_values=float)
 _POSITIVE = ('max_len', 'generate_workers', 'dim', 'depth', 'num_heads', 'batch_size', 'val_batch_size', 'epochs',
              'log_interval', 'stop_after_updates', 'num_examples')
 _NON_NEGATIVE = ('workers', 'warmup_epochs', 'keep_checkpoints', 'lr', 'weight_decay', 'dropout', 'drop_path')
@@ -242,7 +243,7 @@ def build_model(cfg) -> LRAClassifier:
                          num_heads=cfg['num_heads'], mlp_ratio=cfg['mlp_ratio'], mlp_layer=cfg['mlp_layer'],
                          pos_embed=cfg['pos_embed'], drop_rate=cfg['dropout'], drop_path_rate=cfg['drop_path'],
                          separate_bwd_gates=cfg['separate_bwd_gates'], gate_norm=cfg['gate_norm'],
-                         decay_init=cfg['decay_init'], paired=info.paired)
+                         decay_init=cfg['decay_init'], init_values=cfg['init_values'], paired=info.paired)
 
 
 class _Unpacked(nn.Module):

@@ -64,6 +64,14 @@ def test_decay_init_survives_the_model_init():
         torch.testing.assert_close(blk.attn.gate_proj.bias, expected)
 
 
+def test_layer_scale_reaches_every_block():
+    model = LRAClassifier(20, 10, 64, dim=64, depth=2, init_values=0.1)
+    for blk in model.blocks:
+        for scale in (blk.ls1, blk.ls2):
+            torch.testing.assert_close(scale.gamma, torch.full((64,), 0.1))
+    assert isinstance(LRAClassifier(20, 10, 64, dim=64, depth=2).blocks[0].ls1, torch.nn.Identity)
+
+
 def test_errors_name_the_argument():
     model = _model()
     with pytest.raises(ValueError, match='max_len=64'):

@@ -14,11 +14,13 @@ from metala_vision.layers import MetaLABlock, MetaLAMixer
 
 class LRAClassifier(nn.Module):
     """ids [B, T] (+ mask [B, T], True = real token) -> logits [B, num_classes];
-    with paired=True: forward(ids1, mask1, ids2, mask2)."""
+    with paired=True: forward(ids1, mask1, ids2, mask2).  init_values: layer scale on both branches of every
+    block (timm's LayerScale); without it a deep stack was slow to carry the first token's cue into the mean
+    (benchmarks/lra.md)."""
 
     def __init__(self, vocab_size, num_classes, max_len, dim=128, depth=4, num_heads=None, mlp_ratio=2.0,
-                 mlp_layer='gelu', pos_embed=False, drop_rate=0.0, drop_path_rate=0.0, separate_bwd_gates=False,
-                 gate_norm=16.0, decay_init=None, paired=False, backend='auto'):
+                 mlp_layer='gelu', pos_embed=False, init_values=None, drop_rate=0.0, drop_path_rate=0.0,
+                 separate_bwd_gates=False, gate_norm=16.0, decay_init=None, paired=False, backend='auto'):
         super().__init__()
         num_heads = num_heads or max(1, dim // 64)
         self.paired, self.max_len = paired, max_len
@@ -27,9 +29,9 @@ class LRAClassifier(nn.Module):
         self.embed_drop = nn.Dropout(drop_rate)
         drop_path = torch.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.ModuleList([
-            MetaLABlock(dim, num_heads, mlp_ratio, mlp_layer, drop_path[i], proj_drop=drop_rate, short_conv='1d',
-                        separate_bwd_gates=separate_bwd_gates, gate_norm=gate_norm, decay_init=decay_init,
-                        backend=backend)
+            MetaLABlock(dim, num_heads, mlp_ratio, mlp_layer, drop_path[i], init_values, proj_drop=drop_rate,
+                        short_conv='1d', separate_bwd_gates=separate_bwd_gates, gate_norm=gate_norm,
+                        decay_init=decay_init, backend=backend)
             for i in range(depth)])
         self.norm = nn.LayerNorm(dim)
         features = 4 * dim if paired else dim
