@@ -19,12 +19,17 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from metala_kernels import chunk  # noqa: E402
 
-FP32 = ('g', 'gb', 'dg', 'dgb', 'states')  # pointers to fp32 (gates as the mixer gives them, states); others bf16
+FP32 = ('g', 'gb', 'dg', 'dgb', 'states', 'decays')  # pointers to fp32 (gates as the mixer gives them, states); others bf16
+STATES = ('x', 'g', 'y', 'states', 'decays')
 KERNELS = [  # (name, kernel, pointer args, constexpr variant, warps to try)
-    ('states (values)', chunk._metala_states_kernel, ('x', 'g', 'y', 'states'), dict(REVERSE=False, X_IS_Q=False),
+    ('states (values), carried', chunk._metala_states_kernel, STATES, dict(REVERSE=False, X_IS_Q=False, CARRY=True),
      (4, 8)),
-    ('states (gradients)', chunk._metala_states_kernel, ('x', 'g', 'y', 'states'), dict(REVERSE=True, X_IS_Q=True),
+    ('states (gradients), carried', chunk._metala_states_kernel, STATES, dict(REVERSE=True, X_IS_Q=True, CARRY=True),
      (4, 8)),
+    ('states (values), chunk terms', chunk._metala_states_kernel, STATES,
+     dict(REVERSE=False, X_IS_Q=False, CARRY=False), (4, 8)),
+    ('states, combine', chunk._metala_combine_kernel, ('states', 'decays'),
+     dict(DIRS=2, REVERSED=2, BLOCK=chunk.COMBINE_BLOCK, CHUNKS=chunk.COMBINE_CHUNKS), (4,)),
     ('output, bidirectional', chunk._metala_out_kernel, ('q', 'g', 'gb', 'v', 'o', 'states'),
      dict(BIDIR=True, SEP_GB=False), (4, 8)),
     ('output, causal', chunk._metala_out_kernel, ('q', 'g', 'gb', 'v', 'o', 'states'),
@@ -39,9 +44,8 @@ KERNELS = [  # (name, kernel, pointer args, constexpr variant, warps to try)
 def resources(kernel, pointers, constexprs, num_warps, arch):
     """(registers per thread, spill store bytes, shared memory bytes) of one compiled variant."""
     signature = {name: '*fp32' if name in FP32 else '*bf16' for name in pointers}
-    signature.update(T='i32', scale='fp32')
-    if 'BH_STRIDE' in kernel.arg_names:
-        signature['BH_STRIDE'] = 'i32'
+    signature.update({name: 'fp32' if name == 'scale' else 'i32' for name in ('T', 'NT', 'scale', 'BH_STRIDE')
+                      if name in kernel.arg_names})
     signature.update({name: 'constexpr' for name in constexprs})
     compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs),
                               target=GPUTarget('cuda', arch, 32), options=dict(num_warps=num_warps, num_stages=1))
@@ -69,7 +73,8 @@ def main():
         K, V = map(int, widths.split(':'))
         BT = args.chunk or chunk._chunk_len(4096, K, V)
         for name, kernel, pointers, variant, warps in KERNELS:
-            constexprs = dict(H=6, K=K, V=V, BT=BT, PREC='tf32', **variant)
+            constexprs = {name: value for name, value in dict(H=6, K=K, V=V, BT=BT, PREC='tf32', **variant).items()
+                          if name in kernel.arg_names}
             for num_warps in warps:
                 registers, spills, shared = resources(kernel, pointers, constexprs, num_warps, args.arch)
                 print(f'| {name} | {K} | {V} | {BT} | {num_warps} | {registers} | {spills} | {shared} |', flush=True)

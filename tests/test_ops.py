@@ -173,16 +173,24 @@ def test_chunks_of_both_gate_regimes_in_one_call(backend):
 
 
 @NEEDS_TRITON
+@pytest.mark.parametrize('carry', [True, False], ids=['carried', 'combined'])
 @pytest.mark.parametrize('causal', [False, True])
-def test_state_boundaries(causal):
-    """The Triton kernels against the oracle over 4 chunks with padding, separate backward gates and a chunk that
+def test_state_boundaries(causal, carry, monkeypatch):
+    """The Triton kernels against the oracle over 5 chunks with padding, separate backward gates and a chunk that
     needs per-pair decays (alpha ~ 0 in its middle) between chunks that do not, gradients included: the states
-    entering each chunk, and the gate gradient's part from later chunks (the boundary products)."""
-    x, mask = make_inputs(2, 200, 2, 16, 32, sep=not causal, masked=True, aug=True, seed=12)
-    near_zero = ((torch.arange(200) - 80).abs() < 16)[None, :, None, None]  # inside chunk 1, away from its edges
+    entering each chunk (carried through the chunks by one program, or the chunks' terms combined 2 at a time, so
+    across 3 tiles, the last one partial), and the gate gradient's part from later chunks (the boundary products)."""
+    from metala_kernels import chunk
+    monkeypatch.setattr(chunk, 'CARRY_PROGRAMS_PER_SM', 0 if carry else 10 ** 9)
+    monkeypatch.setattr(chunk, 'COMBINE_MIN_CHUNKS', 2)
+    monkeypatch.setattr(chunk, 'COMBINE_CHUNKS', 2)
+    T = 260
+    x, _ = make_inputs(2, T, 2, 16, 32, sep=not causal, aug=True, seed=12)
+    mask = (torch.arange(T)[None] < torch.tensor([[T], [150]])).to(DEVICE)  # real tokens up to the last chunk
+    near_zero = ((torch.arange(T) - 80).abs() < 16)[None, :, None, None]  # inside chunk 1, away from its edges
     for name in set(x) & {'g', 'g_bwd'}:
         x[name] = torch.where(near_zero, x[name] * 20 - 10, x[name] * 0.1)
-    do = torch.randn(2, 200, 2, 32, dtype=torch.float64)
+    do = torch.randn(2, T, 2, 32, dtype=torch.float64)
     assert_close(run(x, mask, torch.float32, do, causal=causal, backend='triton'), oracle(x, mask, do, causal),
                  TOL[torch.float32])
 
