@@ -2,7 +2,8 @@
 
 Chunk-parallel: a states kernel per scan stores the fp32 state entering every chunk of BT tokens (S left to
 right, R right to left; and their gradients dS, dR for the backward), then one program per (chunk, batch, head)
-computes that chunk's outputs or gradients from them.  (A fused variant, one program per (batch, head) running
+computes that chunk's outputs or gradients from them.  On long sequences with few (batch, head) pairs the states
+kernel computes every chunk's own term in parallel and a combine kernel scans them into the entering states.  (A fused variant, one program per (batch, head) running
 over all chunks, was slower at every shape timed on an H200: benchmarks/ops.md.)
 
 A scan direction is described by a log-decay lam [BT, K] over the chunk: the decay between a query i and a
