@@ -228,7 +228,8 @@ def _metala_states_kernel(x, g, y, states, decays, T, scale, BH_STRIDE,
     i_bh = tl.program_id(1)
     row0 = (i_bh // H * T * H + i_bh % H).to(tl.int64)
     x, g, y = x + row0 * K, g + row0 * K, y + row0 * V
-    states, decays = states + i_bh.to(tl.int64) * BH_STRIDE, decays + i_bh.to(tl.int64) * (BH_STRIDE // V)
+    states = states + i_bh.to(tl.int64) * BH_STRIDE
+    decays = decays + i_bh.to(tl.int64) * (BH_STRIDE // V)  # [B*H, dirs, N, K]: dirs N K apart
     NT = tl.cdiv(T, BT)
     offs = tl.arange(0, K)[:, None] * V + tl.arange(0, V)[None, :]
     if CARRY:
