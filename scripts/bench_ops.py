@@ -93,8 +93,10 @@ def run(shapes, widths, dtype, bandwidth, out_path, head):
         del qs
         for K, V in widths:
             q, g, v = metala_inputs(B, T, H, K, V, dtype)
-            ours = fwd_and_train(lambda q, g, v: metala_attn(q, g, v), (q, g, v))
-            ours_causal = fwd_and_train(lambda q, g, v: metala_attn(q, g, v, causal=True), (q, g, v))
+            # as the layers call it: their g = logsigmoid(.) / 16 <= 0 needs no check (a host sync by default)
+            ours = fwd_and_train(lambda q, g, v: metala_attn(q, g, v, check_gates=False), (q, g, v))
+            ours_causal = fwd_and_train(lambda q, g, v: metala_attn(q, g, v, causal=True, check_gates=False),
+                                        (q, g, v))
             k = (1 - g.float().exp()).to(dtype).detach().requires_grad_()
             g32 = g.float().detach().requires_grad_()
             try:
@@ -155,7 +157,8 @@ def main():
             f'- times are medians in ms (triton.testing.do_bench); SDPA is FlashAttention at head dim 64 and '
             f'the same B, T, H; fla 2-pass = chunk_gla + chunk_gla on the flipped sequence; '
             f'floor = q, g, v read once + o written once at the copy bandwidth; max rel err = o, dq, dg, dv of '
-            f'the timed kernels (both modes) against the PyTorch path in fp32\n\n')
+            f'the timed kernels (both modes) against the PyTorch path in fp32; ours = metala_attn(q, g, v, '
+            f'check_gates=False), as the layers call it (the default check of g <= 0 syncs with the host)\n\n')
     rows = run(args.shapes, args.widths, dtype, bandwidth, args.out, head)
     print(head + table(rows))
 
