@@ -3,8 +3,9 @@
 Chunk-parallel: a states kernel per scan stores the fp32 state entering every chunk of BT tokens (S left to
 right, R right to left; and their gradients dS, dR for the backward), then one program per (chunk, batch, head)
 computes that chunk's outputs or gradients from them.  On long sequences with few (batch, head) pairs the states
-kernel computes every chunk's own term in parallel and a combine kernel scans them into the entering states.  (A fused variant, one program per (batch, head) running
-over all chunks, was slower at every shape timed on an H200: benchmarks/ops.md.)
+kernel computes every chunk's own term in parallel and a combine kernel scans them into the entering states.  (A
+fused variant, one program per (batch, head) running over all chunks, was slower at every shape timed on an H200:
+benchmarks/ops.md.)
 
 A scan direction is described by a log-decay lam [BT, K] over the chunk: the decay between a query i and a
 key j it sees is exp(lam_i - lam_j) <= 1, per channel.  Forward: lam = inclusive cumsum of g, keys j <= i.
@@ -415,11 +416,14 @@ COMBINE_MIN_CHUNKS, CARRY_PROGRAMS_PER_SM = 64, 2
 COMBINE_BLOCK, COMBINE_CHUNKS = 256, 16
 
 
+def _sm_count(device):
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == 'cuda' else 1
+
+
 def _fill_states(states, q, scans, T, scale, shapes):
     """Step 1 for the scans [(y, gates, REVERSE, X_IS_Q)], one a slot of states [B*H, dirs, N, K, V]."""
     BH, dirs, NT, K, V = states.shape
-    sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 1
-    carry = NT < COMBINE_MIN_CHUNKS or BH >= CARRY_PROGRAMS_PER_SM * sms
+    carry = NT < COMBINE_MIN_CHUNKS or BH >= CARRY_PROGRAMS_PER_SM * _sm_count(q.device)
     decays = states if carry else states.new_empty(BH, dirs, NT, K)  # unused when carrying
     for slot, (y, gates, reverse, x_is_q) in enumerate(scans):
         _states((1 if carry else NT, BH), q, gates, y, states[:, slot], decays[:, slot], T, scale, states.stride(0),

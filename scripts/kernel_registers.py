@@ -19,7 +19,8 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from metala_kernels import chunk  # noqa: E402
 
-FP32 = ('g', 'gb', 'dg', 'dgb', 'states', 'decays')  # pointers to fp32 (gates as the mixer gives them, states); others bf16
+# pointers to fp32 (gates as the mixer gives them, states, chunk decays); the others bf16
+FP32 = ('g', 'gb', 'dg', 'dgb', 'states', 'decays')
 STATES = ('x', 'g', 'y', 'states', 'decays')
 KERNELS = [  # (name, kernel, pointer args, constexpr variant, warps to try)
     ('states (values), carried', chunk._metala_states_kernel, STATES, dict(REVERSE=False, X_IS_Q=False, CARRY=True),
@@ -73,8 +74,8 @@ def main():
         K, V = map(int, widths.split(':'))
         BT = args.chunk or chunk._chunk_len(4096, K, V)
         for name, kernel, pointers, variant, warps in KERNELS:
-            constexprs = {name: value for name, value in dict(H=6, K=K, V=V, BT=BT, PREC='tf32', **variant).items()
-                          if name in kernel.arg_names}
+            constexprs = {arg: value for arg, value in dict(H=6, K=K, V=V, BT=BT, PREC='tf32', **variant).items()
+                          if arg in kernel.arg_names}
             for num_warps in warps:
                 registers, spills, shared = resources(kernel, pointers, constexprs, num_warps, args.arch)
                 print(f'| {name} | {K} | {V} | {BT} | {num_warps} | {registers} | {spills} | {shared} |', flush=True)
