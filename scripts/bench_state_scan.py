@@ -12,23 +12,19 @@ import torch
 import torch.nn.functional as F
 import triton
 
+from bench_ops import fwd_and_train  # scripts/ is on the path when this script runs
 from metala_kernels import chunk, metala_attn
 
 SHAPES = ['256:197:6', '64:1024:6', '12:4096:6', '4:4096:6', '2:16384:6']
 FORCE = {'carried': dict(CARRY_PROGRAMS_PER_SM=0), 'split': dict(CARRY_PROGRAMS_PER_SM=10 ** 9, COMBINE_MIN_CHUNKS=1)}
 
 
-def bench(fn, grads=()):
-    return triton.testing.do_bench(fn, warmup=25, rep=100, grad_to_none=list(grads), return_mode='median')
-
-
-def times(q, g, v, do, causal):
-    """(fwd ms or None when causal, fwd+bwd ms, o) with the step-1 rule as chunk's module constants now say."""
-    run = lambda: metala_attn(q, g, v, causal=causal, check_gates=False)  # noqa: E731
+def times(q, g, v, causal):
+    """(fwd ms, fwd+bwd ms, o) with the step-1 rule as chunk's module constants now say."""
+    fn = lambda q, g, v: metala_attn(q, g, v, causal=causal, check_gates=False)  # noqa: E731
     with torch.no_grad():
-        o = run().float()
-        fwd = None if causal else bench(run)
-    return fwd, bench(lambda: run().backward(do), (q, g, v)), o
+        o = fn(q, g, v).float()
+    return (*fwd_and_train(fn, (q, g, v)), o)
 
 
 def main():
@@ -47,13 +43,12 @@ def main():
         q = torch.randn(B, T, H, K, device='cuda', dtype=torch.bfloat16, requires_grad=True)
         g = (F.logsigmoid(torch.randn(B, T, H, K, device='cuda')) / 16).requires_grad_()
         v = torch.randn(B, T, H, V, device='cuda', dtype=torch.bfloat16, requires_grad=True)
-        do = torch.randn_like(v)
         row = {}
         for way, constants in FORCE.items():
             for name, value in {**rule, **constants}.items():
                 setattr(chunk, name, value)
-            row[way, False] = times(q, g, v, do, causal=False)
-            row[way, True] = times(q, g, v, do, causal=True)
+            row[way, False] = times(q, g, v, causal=False)
+            row[way, True] = times(q, g, v, causal=True)
         for name, value in rule.items():
             setattr(chunk, name, value)
         diff = (row['carried', False][2] - row['split', False][2]).abs().max().item()
