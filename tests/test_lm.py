@@ -217,6 +217,31 @@ def test_train_lm_resumes_where_it_stopped(tmp_path):
     assert type(loaded) is MetaLAForCausalLM and loaded.config.vocab_size == 259
 
 
+def test_fla_backend_runs_chunk_gla_on_whole_chunks(monkeypatch):
+    """attn_backend='fla' on the CPU, fla's chunk_gla replaced by fla's own naive recurrence (its Triton ops need a
+    GPU): every call gets whole chunks of 64 tokens, and the appended pads change neither the logits of a parallel
+    forward nor those of prefill + decoding in pieces (which carry the final state)."""
+    import fla.ops.gla
+    from fla.ops.gla.naive import naive_recurrent_gla
+    lengths = []
+
+    def chunk_gla(q, k, v, g, scale, initial_state, output_final_state):
+        lengths.append(q.shape[1])
+        assert scale == q.shape[-1] ** -0.5  # naive_recurrent_gla's scale
+        return naive_recurrent_gla(q, k, v, g, initial_state=initial_state, output_final_state=output_final_state)
+
+    monkeypatch.setattr(fla.ops.gla, 'chunk_gla', chunk_gla)
+    ids = torch.randint(0, VOCAB, (2, 100))
+    with torch.no_grad():
+        reference = tiny_model()(ids, use_cache=False).logits
+        model = tiny_model(attn_backend='fla')
+        full = model(ids, use_cache=False).logits
+        incremental, _ = decode_in_pieces(model, ids, [60, 20, 1, 19])
+    assert lengths == [128] * 2 + [64] * 6, lengths  # 2 layers: 100 tokens, then 60, 20 and 19 (1 token: a step)
+    torch.testing.assert_close(full, reference, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(incremental, reference, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA (Triton kernels, fla)')
 @pytest.mark.parametrize('backend, tol', [('metala', 1e-4), ('fla', 5e-3)])
 def test_cuda_backends_match_the_cpu_model(backend, tol):

@@ -32,6 +32,7 @@ from metala_vision.layers import MetaLAMixer
 __all__ = ['MetaLAConfig', 'MetaLAModel', 'MetaLAForCausalLM', 'MetaLAPreTrainedModel']
 
 ATTN_BACKENDS = ('metala', 'fla')
+FLA_CHUNK = 64  # chunk_gla's chunk_size
 HEAD_DIMS = (32, 64, 128)  # v width per head; q / key-gate width is half of it, and both must be kernel dims
 
 
@@ -97,6 +98,19 @@ def carry_state(q, g, v, state, scale):
     return carried, final + decay_upto[:, -1, :, :, None].exp() * state
 
 
+def fla_chunk_gla(q, g, v, state, scale, output_final_state):
+    """fla's chunk_gla with k = 1 - exp(g), on whole chunks of FLA_CHUNK tokens: q, g: [B, T, H, K]; v: [B, T, H, V];
+    state: [B, H, K, V] or None -> (o [B, T, H, V], final state or None).  The pads appended (q = k = v = 0,
+    g = 0) neither write nor decay, so the outputs and the final state are exact.  (fla 0.6's chunk_gla hit
+    'misaligned address' on an H200 in fp32 at T = 20, K 32 / V 64, not at T = 60, 100 or 128: benchmarks/mqar.md.)"""
+    from fla.ops.gla import chunk_gla
+    T = q.shape[1]
+    q, g, v = (F.pad(x, (0, 0, 0, 0, 0, -T % FLA_CHUNK)) for x in (q, g, v))
+    o, state = chunk_gla(q, key_from_gate(g).to(q.dtype), v, g, scale=scale, initial_state=state,
+                         output_final_state=output_final_state)
+    return o[:, :T], state
+
+
 def recurrent_step(q, g, v, state, scale):
     """One token of the recurrence S = diag(exp(g)) S + k^T v, o = scale q S.  q, g: [B, H, K]; v: [B, H, V];
     state: [B, H, K, V] (its dtype is the compute dtype) -> (o [B, H, V] in state's dtype, new state)."""
@@ -158,9 +172,7 @@ class MetaLADecoderLayer(GradientCheckpointingLayer):
             o, state = recurrent_step(q[:, 0], g[:, 0], v[:, 0], state, scale)
             o = o[:, None]
         elif self.attn_backend == 'fla':
-            from fla.ops.gla import chunk_gla
-            o, state = chunk_gla(q, key_from_gate(g).to(q.dtype), v, g, scale=scale, initial_state=state,
-                                 output_final_state=cache is not None)
+            o, state = fla_chunk_gla(q, g, v, state, scale, output_final_state=cache is not None)
         else:
             o = metala_attn(q, g, v, causal=True, scale=scale, backend=mixer.backend,
                             check_gates=False)  # g = logsigmoid(.) <= 0
