@@ -202,3 +202,18 @@ def test_bad_input_exits_2_before_any_model_work(cache_dir, tmp_path, monkeypatc
         assert lra_script.main(['--cpu', '--output', output, '--cache-dir', str(cache_dir), *argv]) == 2, argv
         assert message in capsys.readouterr().err, (argv, message)
     assert not (tmp_path / 'out').exists()
+
+
+def test_pathfinder_cnn_reads_the_generated_images(cache_dir, monkeypatch, capsys):
+    """scripts/pathfinder_cnn.py (the data check of benchmarks/lra.md) trains on the same cached images and reports
+    validation accuracy over the 10 validation images."""
+    spec = importlib.util.spec_from_file_location('_script_pathfinder_cnn', REPO / 'scripts' / 'pathfinder_cnn.py')
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setattr(sys, 'argv', ['pathfinder_cnn.py', '--cache-dir', str(cache_dir), '--num-examples',
+                                      str(PATHFINDER['num_examples']), '--seconds', '1', '--eval-every', '1',
+                                      '--batch-size', '8'])
+    script.main()
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rows and [r['step'] for r in rows] == list(range(1, len(rows) + 1))
+    assert all(r['val_acc'] in [10.0 * n for n in range(11)] and math.isfinite(r['loss']) for r in rows), rows
