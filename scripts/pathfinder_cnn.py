@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from metala_vision.data.lra import build_lra_datasets
+from metala_vision.data.lra import build_lra_datasets, lra_collate_fn
 
 
 class ResBlock(nn.Module):
@@ -37,12 +37,11 @@ def pathfinder_cnn(width=64, dilations=(1, 2, 4, 8, 1, 2, 4, 8)):
 
 def as_images(dataset, device):
     """Pixel-token dataset -> (images [N, 1, 32, 32] in [0, 1], labels [N]) on device."""
-    pixels = torch.stack([dataset[i][0] for i in range(len(dataset))]).view(-1, 1, 32, 32)
-    labels = torch.tensor([dataset[i][1] for i in range(len(dataset))])
-    return pixels.to(device).float() / 255., labels.to(device)
+    pixels, _, labels = lra_collate_fn('pathfinder')([dataset[i] for i in range(len(dataset))])
+    return pixels.view(-1, 1, 32, 32).to(device).float() / 255., labels.to(device)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--cache-dir', required=True)
     parser.add_argument('--seconds', type=float, default=300)
@@ -50,7 +49,7 @@ def main():
     parser.add_argument('--num-examples', type=int, help='generated images (default: LRA\'s 200,000)')
     parser.add_argument('--batch-size', type=int, default=128)
     parser.add_argument('--eval-every', type=int, default=500)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
     torch.manual_seed(0)
     train, val, _ = build_lra_datasets('pathfinder', cache_dir=args.cache_dir, difficulty=args.difficulty,

@@ -31,14 +31,14 @@ PATHFINDER = dict(num_examples=100, batches=5)  # 80 training images / 16
 EPOCHS = 3
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location('_script_lra', SCRIPT)
+def _load_script(path):
+    spec = importlib.util.spec_from_file_location(f'_script_{path.stem}', path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-lra_script = _load_script()
+lra_script = _load_script(SCRIPT)
 
 
 @pytest.fixture(scope='module')
@@ -204,16 +204,12 @@ def test_bad_input_exits_2_before_any_model_work(cache_dir, tmp_path, monkeypatc
     assert not (tmp_path / 'out').exists()
 
 
-def test_pathfinder_cnn_reads_the_generated_images(cache_dir, monkeypatch, capsys):
+def test_pathfinder_cnn_reads_the_generated_images(cache_dir, capsys):
     """scripts/pathfinder_cnn.py (the data check of benchmarks/lra.md) trains on the same cached images and reports
     validation accuracy over the 10 validation images."""
-    spec = importlib.util.spec_from_file_location('_script_pathfinder_cnn', REPO / 'scripts' / 'pathfinder_cnn.py')
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    monkeypatch.setattr(sys, 'argv', ['pathfinder_cnn.py', '--cache-dir', str(cache_dir), '--num-examples',
-                                      str(PATHFINDER['num_examples']), '--seconds', '1', '--eval-every', '1',
-                                      '--batch-size', '8'])
-    script.main()
+    script = _load_script(REPO / 'scripts' / 'pathfinder_cnn.py')
+    script.main(['--cache-dir', str(cache_dir), '--num-examples', str(PATHFINDER['num_examples']), '--seconds', '1',
+                 '--eval-every', '1', '--batch-size', '8'])
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert rows and [r['step'] for r in rows] == list(range(1, len(rows) + 1))
     assert all(r['val_acc'] in [10.0 * n for n in range(11)] and math.isfinite(r['loss']) for r in rows), rows
