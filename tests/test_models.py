@@ -115,6 +115,14 @@ def test_channels_last_input():
         torch.testing.assert_close(model(x.contiguous(memory_format=torch.channels_last)), model(x))
 
 
+def test_tokens_enter_the_blocks_contiguous():
+    """PatchEmbed's NHWC output is a permuted view; the blocks must get contiguous tokens (a strided residual stream
+    makes every add, LayerNorm and gradient of the blocks take the slow strided path on a GPU)."""
+    model = timm.create_model('metala_vit_t_p4_32', **TINY)
+    tokens, _ = model._embed(torch.randn(2, 3, 32, 32))
+    assert tokens.is_contiguous()
+
+
 def _saved_tensor_count(model, x):
     count = 0
 

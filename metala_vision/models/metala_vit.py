@@ -117,7 +117,9 @@ class MetaLAViT(nn.Module):
             raise ValueError(f'image height and width must be multiples of the patch size {ph}x{pw}, got {H}x{W}')
         x = self.patch_embed(x)
         B, gh, gw, C = x.shape
-        x = x.reshape(B, gh * gw, C)
+        # PatchEmbed's NHWC output is a permuted view of its NCHW convolution (unless the images are channels_last):
+        # made contiguous here, or every residual add, LayerNorm and gradient of the blocks runs on strided memory
+        x = x.reshape(B, gh * gw, C).contiguous()
         if self.pos_embed is not None:
             if (gh, gw) != self.patch_embed.grid_size:
                 if not self.dynamic_img_size:
