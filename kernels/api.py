@@ -113,8 +113,8 @@ def metala_readout(o, q, g, v, gate, aug_weight=None, eps=1e-5, backend='auto'):
     if o.dtype not in FLOAT_DTYPES:
         raise ValueError(f"o must be one of {FLOAT_DTYPES} for the Triton readout (float64: backend='torch'), "
                          f'got {o.dtype}')
-    from .readout import _readout_fwd
+    from .readout import readout
     has_aug = aug_weight is not None
     w = aug_weight if has_aug else o.new_empty(0)
-    return _readout_fwd(o.contiguous(), q.contiguous(), g.contiguous(), v.contiguous(), gate.contiguous(), w, eps,
+    return readout(o.contiguous(), q.contiguous(), g.contiguous(), v.contiguous(), gate.contiguous(), w, eps,
                         has_aug)

@@ -21,6 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .dispatch import kernel_op
+
 INTERPRET = os.environ.get('TRITON_INTERPRET', '0') == '1'
 # Smallest chunk decay (per channel) for which the factorised chunk product is used: e^-30, so its factors
 # stay below e^30 ~ 1e13, far inside the fp32/bf16 range.
@@ -435,7 +437,6 @@ def _fill_states(states, q, scans, T, scale, shapes):
             CHUNKS=COMBINE_CHUNKS, num_warps=4)
 
 
-@torch.library.custom_op('metala_kernels::chunk_fwd', mutates_args=())
 def _chunk_fwd(q: torch.Tensor, g: torch.Tensor, gb: torch.Tensor, v: torch.Tensor, scale: float, causal: bool,
                sep: bool) -> torch.Tensor:
     """q, g, gb: [B, T, H, K]; v: [B, T, H, V] (contiguous; gb is g unless sep) -> o: [B, T, H, V]."""
@@ -452,7 +453,6 @@ def _chunk_fwd(q: torch.Tensor, g: torch.Tensor, gb: torch.Tensor, v: torch.Tens
     return o
 
 
-@torch.library.custom_op('metala_kernels::chunk_bwd', mutates_args=())
 def _chunk_bwd(q: torch.Tensor, g: torch.Tensor, gb: torch.Tensor, v: torch.Tensor, do: torch.Tensor, scale: float,
                causal: bool, sep: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> dq, dg, dgb, dv in the dtypes of q, g, gb, v (dgb is empty [0] unless sep; without sep both scans' gate
@@ -479,13 +479,11 @@ def _precision(v):
     return 'ieee' if v.dtype == torch.float32 else 'tf32'
 
 
-@_chunk_fwd.register_fake
-def _(q, g, gb, v, scale, causal, sep):
+def _chunk_fwd_fake(q, g, gb, v, scale, causal, sep):
     return torch.empty_like(v)
 
 
-@_chunk_bwd.register_fake
-def _(q, g, gb, v, do, scale, causal, sep):
+def _chunk_bwd_fake(q, g, gb, v, do, scale, causal, sep):
     return torch.empty_like(q), torch.empty_like(g), torch.empty_like(gb) if sep else g.new_empty(0), \
         torch.empty_like(v)
 
@@ -495,18 +493,19 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(q, g, gb, v)
 
 
-def _backward(ctx, do):
+def _input_grads(ctx, do, chunk_bwd):
     q, g, gb, v = ctx.saved_tensors
-    dq, dg, dgb, dv = _chunk_bwd(q, g, gb, v, do, ctx.scale, ctx.causal, ctx.sep)
+    dq, dg, dgb, dv = chunk_bwd(q, g, gb, v, do, ctx.scale, ctx.causal, ctx.sep)
     return dq, dg, dgb if ctx.sep else None, dv, None, None, None
 
 
-_chunk_fwd.register_autograd(_backward, setup_context=_setup_context)
+_chunk = kernel_op('metala_kernels::chunk', _chunk_fwd, _chunk_bwd, _chunk_fwd_fake, _chunk_bwd_fake, _setup_context,
+                   _input_grads)
 
 
 def chunk_metala(q, g, v, g_bwd=None, scale=1.0, causal=False):
     """Triton MetaLA attention core (no mask, no self-augmentation): scale * sum_j (q_i . k_j D_ij) v_j.
-    A torch custom op (metala_kernels::chunk_fwd): torch.compile keeps it whole."""
+    Under torch.compile a custom op (metala_kernels::chunk_fwd) that the compiler keeps whole."""
     sep = g_bwd is not None and not causal
     q, g, v = q.contiguous(), g.contiguous(), v.contiguous()
-    return _chunk_fwd(q, g, g_bwd.contiguous() if sep else g, v, float(scale), causal, sep)
+    return _chunk(q, g, g_bwd.contiguous() if sep else g, v, float(scale), causal, sep)

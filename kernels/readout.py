@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 
 from .chunk import _key
+from .dispatch import kernel_op
 
 BLOCK_ROWS = 32
 
@@ -93,7 +94,6 @@ def _grid(n_rows, H):
     return triton.cdiv(n_rows, BLOCK_ROWS), H
 
 
-@torch.library.custom_op('metala_kernels::readout_fwd', mutates_args=())
 def _readout_fwd(o: torch.Tensor, q: torch.Tensor, g: torch.Tensor, v: torch.Tensor, gate: torch.Tensor,
                  w: torch.Tensor, eps: float, has_aug: bool) -> torch.Tensor:
     B, T, H, V = o.shape
@@ -103,12 +103,6 @@ def _readout_fwd(o: torch.Tensor, q: torch.Tensor, g: torch.Tensor, v: torch.Ten
     return y
 
 
-@_readout_fwd.register_fake
-def _(o, q, g, v, gate, w, eps, has_aug):
-    return torch.empty_like(o)
-
-
-@torch.library.custom_op('metala_kernels::readout_bwd', mutates_args=())
 def _readout_bwd(o: torch.Tensor, q: torch.Tensor, g: torch.Tensor, v: torch.Tensor, gate: torch.Tensor,
                  w: torch.Tensor, dy: torch.Tensor, eps: float, has_aug: bool
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -127,8 +121,11 @@ def _readout_bwd(o: torch.Tensor, q: torch.Tensor, g: torch.Tensor, v: torch.Ten
     return do, dq, dg, dv, dgate, dw
 
 
-@_readout_bwd.register_fake
-def _(o, q, g, v, gate, w, dy, eps, has_aug):
+def _readout_fwd_fake(o, q, g, v, gate, w, eps, has_aug):
+    return torch.empty_like(o)
+
+
+def _readout_bwd_fake(o, q, g, v, gate, w, dy, eps, has_aug):
     if not has_aug:
         return torch.empty_like(o), o.new_empty(0), o.new_empty(0), o.new_empty(0), torch.empty_like(gate), \
             o.new_empty(0)
@@ -141,12 +138,13 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(o, q, g, v, gate, w)
 
 
-def _backward(ctx, dy):
+def _input_grads(ctx, dy, readout_bwd):
     o, q, g, v, gate, w = ctx.saved_tensors
-    do, dq, dg, dv, dgate, dw = _readout_bwd(o, q, g, v, gate, w, dy, ctx.eps, ctx.has_aug)
+    do, dq, dg, dv, dgate, dw = readout_bwd(o, q, g, v, gate, w, dy, ctx.eps, ctx.has_aug)
     if not ctx.has_aug:
         return do, None, None, None, dgate, None, None, None
     return do, dq, dg, dv, dgate, dw, None, None
 
 
-_readout_fwd.register_autograd(_backward, setup_context=_setup_context)
+readout = kernel_op('metala_kernels::readout', _readout_fwd, _readout_bwd, _readout_fwd_fake, _readout_bwd_fake,
+                    _setup_context, _input_grads)

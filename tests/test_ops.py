@@ -228,6 +228,18 @@ def test_torch_compile_fullgraph(backend, causal):
     assert_close(compiled, eager, 1e-5)
 
 
+@NEEDS_TRITON
+def test_eager_mode_skips_the_custom_op_dispatch():
+    """Eager calls run the kernels through a plain autograd.Function (the custom op's Python dispatch costs more
+    host time than the launches); torch.compile gets the custom op (test above)."""
+    from metala_kernels.chunk import chunk_metala
+    x, _ = make_inputs(1, 16, 1, 16, 32, seed=4)
+    q, g, v = (x[n].to(DEVICE, torch.float32).requires_grad_() for n in ('q', 'g', 'v'))
+    assert chunk_metala(q, g, v).grad_fn.name() == 'chunkBackward'
+    o = metala_readout(v, q, g, v, v, torch.zeros(1, 16, device=DEVICE, requires_grad=True), backend='triton')
+    assert o.grad_fn.name() == 'readoutBackward'
+
+
 @pytest.mark.parametrize('backend', BACKENDS)
 @pytest.mark.parametrize('aug', [True, False])
 @pytest.mark.parametrize('K,V', [(32, 64), (16, 128)])

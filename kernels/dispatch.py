@@ -1,0 +1,32 @@
+"""One differentiable call over a pair of Triton launchers (forward, backward), with two ways in: a torch custom op
+when torch.compile traces it (opaque to the compiler, with fake kernels for shapes), and a plain autograd.Function
+in eager mode.  A custom op's Python dispatch costs far more host time than the kernels' launches: on the 2-core CI
+machine about 60 us a forward and 200 us a forward + backward, against 10 and 80 us for an autograd.Function, and
+eager training of small models is bound by that host time."""
+import torch
+
+
+def kernel_op(name, forward, backward, forward_fake, backward_fake, setup_context, input_grads):
+    """-> apply(*inputs), differentiable.  forward(*inputs) and backward(...) launch the kernels (annotated for
+    torch.library; they become the ops `{name}_fwd` and `{name}_bwd`); the fakes give their outputs' shapes;
+    setup_context(ctx, inputs, output) saves what input_grads(ctx, grad, backward) needs to return the inputs'
+    gradients through the backward it is given."""
+    forward_op = torch.library.custom_op(f'{name}_fwd', forward, mutates_args=())
+    backward_op = torch.library.custom_op(f'{name}_bwd', backward, mutates_args=())
+    forward_op.register_fake(forward_fake)
+    backward_op.register_fake(backward_fake)
+    forward_op.register_autograd(lambda ctx, grad: input_grads(ctx, grad, backward_op), setup_context=setup_context)
+
+    def eager_forward(ctx, *inputs):
+        output = forward(*inputs)
+        setup_context(ctx, inputs, output)
+        return output
+
+    # named after the op, so that profiles show 'chunk' and 'chunkBackward'
+    eager = type(name.split('::')[-1], (torch.autograd.Function,), dict(
+        forward=staticmethod(eager_forward), backward=staticmethod(lambda ctx, grad: input_grads(ctx, grad, backward))))
+
+    def apply(*inputs):
+        return forward_op(*inputs) if torch.compiler.is_compiling() else eager.apply(*inputs)
+
+    return apply
