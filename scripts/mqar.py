@@ -194,7 +194,7 @@ def plot_mqar(results, path):
             rows = sorted((r['state'], r['acc']) for r in results
                           if r['model'] == kind and (r['seq_len'], r['kv_pairs']) == (seq_len, kv))
             if rows:
-                ax.plot(*zip(*rows), marker='o', label=kind)
+                ax.plot(*zip(*rows), marker='o', label=kind, color=f'C{MODELS.index(kind)}')  # one colour a model
         ax.set(xscale='log', title=f'seq {seq_len}, {kv} KV pairs', xlabel='state floats / layer', ylim=(0, 1.02))
     axes[0][0].set_ylabel('MQAR accuracy')
     axes[0][-1].legend()
