@@ -116,5 +116,4 @@ def metala_readout(o, q, g, v, gate, aug_weight=None, eps=1e-5, backend='auto'):
     from .readout import readout
     has_aug = aug_weight is not None
     w = aug_weight if has_aug else o.new_empty(0)
-    return readout(o.contiguous(), q.contiguous(), g.contiguous(), v.contiguous(), gate.contiguous(), w, eps,
-                        has_aug)
+    return readout(o.contiguous(), q.contiguous(), g.contiguous(), v.contiguous(), gate.contiguous(), w, eps, has_aug)

@@ -1,6 +1,6 @@
 """One differentiable call over a pair of Triton launchers (forward, backward), with two ways in: a torch custom op
 when torch.compile traces it (opaque to the compiler, with fake kernels for shapes), and a plain autograd.Function
-in eager mode.  A custom op's Python dispatch costs far more host time than the kernels' launches: on the 2-core CI
+in eager mode.  A custom op's Python dispatch costs far more host time than the kernels' launches: on our 2-core CPU
 machine about 60 us a forward and 200 us a forward + backward, against 10 and 80 us for an autograd.Function, and
 eager training of small models is bound by that host time."""
 import torch
