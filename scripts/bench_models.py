@@ -12,6 +12,7 @@ import argparse
 import datetime
 import json
 import platform
+import statistics
 from pathlib import Path
 
 import timm
@@ -42,19 +43,23 @@ def gflops_at_224(name):
     return counter.get_total_flops() / 1e9
 
 
-def timed(step, iters, warmup=3):
-    """(seconds per step, peak bytes) of step() on the GPU."""
+def timed(step, iters, warmup=10, repeats=5):
+    """(seconds per step, peak bytes) of step() on the GPU: the median of `repeats` timings of `iters` steps each,
+    so that a transient (clocks, the allocator, another process) moves one timing, not the result."""
     for _ in range(warmup):
         step()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        step()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / 1e3 / iters, torch.cuda.max_memory_allocated()
+    seconds = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(iters):
+            step()
+        end.record()
+        torch.cuda.synchronize()
+        seconds.append(start.elapsed_time(end) / 1e3 / iters)
+    return statistics.median(seconds), torch.cuda.max_memory_allocated()
 
 
 def measure(name, res, iters, compile_model=False):
@@ -98,7 +103,8 @@ def write_markdown(result, path):
              f"{result['device']}; torch {result['torch']}, triton {result['triton']}, timm {result['timm']}; "
              f"bf16 autocast; {'torch.compile' if result.get('compiled') else 'eager (no torch.compile)'} for both; "
              'fused AdamW for training. '
-             'img/s over timed iterations after warm-up; peak memory of the timed steps. '
+             'img/s: the median of 5 timings of --iters steps each, after 10 warm-up steps; '
+             'peak memory of the timed steps. '
              'Ratio = ours / DeiT (higher img/s and lower memory are better).', '',
              '| size | params (M) ours / DeiT | GFLOPs@224 ours / DeiT |', '|---|---|---|']
     for size, (ours, peer) in PAIRS.items():
