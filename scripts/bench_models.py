@@ -24,6 +24,7 @@ import metala_vision  # noqa: F401  (registers the metala_vit models)
 PAIRS = {'t': ('metala_vit_t', 'deit_tiny_patch16_224'), 's': ('metala_vit_s', 'deit_small_patch16_224'),
          'b': ('metala_vit_b', 'deit_base_patch16_224')}
 INFER_BATCH, TRAIN_BATCH = 256, 128
+WARMUP_STEPS, TIMINGS = 10, 5  # each img/s: the median of TIMINGS timings of --iters steps, after the warm-up
 
 
 def batch_at(base, res):
@@ -43,7 +44,7 @@ def gflops_at_224(name):
     return counter.get_total_flops() / 1e9
 
 
-def timed(step, iters, warmup=10, repeats=5):
+def timed(step, iters, warmup=WARMUP_STEPS, repeats=TIMINGS):
     """(seconds per step, peak bytes) of step() on the GPU: the median of `repeats` timings of `iters` steps each,
     so that a transient (clocks, the allocator, another process) moves one timing, not the result."""
     for _ in range(warmup):
@@ -103,7 +104,7 @@ def write_markdown(result, path):
              f"{result['device']}; torch {result['torch']}, triton {result['triton']}, timm {result['timm']}; "
              f"bf16 autocast; {'torch.compile' if result.get('compiled') else 'eager (no torch.compile)'} for both; "
              'fused AdamW for training. '
-             'img/s: the median of 5 timings of --iters steps each, after 10 warm-up steps; '
+             f'img/s: the median of {TIMINGS} timings of --iters steps each, after {WARMUP_STEPS} warm-up steps; '
              'peak memory of the timed steps. '
              'Ratio = ours / DeiT (higher img/s and lower memory are better).', '',
              '| size | params (M) ours / DeiT | GFLOPs@224 ours / DeiT |', '|---|---|---|']
