@@ -3,8 +3,9 @@
 Chunk-parallel: a states kernel per scan stores the fp32 state entering every chunk of BT tokens (S left to
 right, R right to left; and their gradients dS, dR for the backward), then one program per (chunk, batch, head)
 computes that chunk's outputs or gradients from them.  On long sequences with few (batch, head) pairs the states
-kernel computes every chunk's own term in parallel and a combine kernel scans them into the entering states.  (A
-fused variant, one program per (batch, head) running over all chunks, was slower at every shape timed on an H200:
+kernel computes every chunk's own term in parallel and a combine kernel scans them into the entering states.  On
+short sequences at small batch (RECOMPUTE) there is no states kernel: each program computes the states around its
+chunk from the other chunks, fewer launches for more work on the GPU.  (A fused variant, one program per (batch, head) running over all chunks, was slower at every shape timed on an H200:
 benchmarks/ops.md.)
 
 A scan direction is described by a log-decay lam [BT, K] over the chunk: the decay between a query i and a
@@ -212,6 +213,22 @@ def _chunk_term(x, g, y, t0, T, scale, H: tl.constexpr, K: tl.constexpr, V: tl.c
 
 
 @triton.jit
+def _state_over(x, g, y, first, count, T, scale, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                BT: tl.constexpr, REVERSE: tl.constexpr, X_IS_Q: tl.constexpr, PREC: tl.constexpr):
+    """The fp32 state [K, V] of a scan (as in _metala_states_kernel) after it passes `count` chunks from chunk
+    `first` on (REVERSE: leftwards), starting from zero: the state entering the chunk after them."""
+    s = tl.zeros([K, V], dtype=tl.float32)
+    for i in range(count):
+        if REVERSE:
+            n = first - i
+        else:
+            n = first + i
+        term, decay = _chunk_term(x, g, y, n * BT, T, scale, H, K, V, BT, REVERSE, X_IS_Q, PREC)
+        s = decay[:, None] * s + term
+    return s
+
+
+@triton.jit
 def _metala_states_kernel(x, g, y, states, decays, T, scale, BH_STRIDE,
                           H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                           REVERSE: tl.constexpr, X_IS_Q: tl.constexpr, CARRY: tl.constexpr, PREC: tl.constexpr):
@@ -294,9 +311,10 @@ def _metala_combine_kernel(states, decays, NT, K: tl.constexpr, V: tl.constexpr,
 @triton.jit
 def _metala_out_kernel(q, g, gb, v, o, states, T, scale,
                        H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                       BIDIR: tl.constexpr, SEP_GB: tl.constexpr, PREC: tl.constexpr):
+                       BIDIR: tl.constexpr, SEP_GB: tl.constexpr, RECOMPUTE: tl.constexpr, PREC: tl.constexpr):
     """Step 2 of the forward, one program per (chunk, batch, head): the chunk's outputs from the
-    states entering it, states [B*H, 1 + BIDIR, N, K, V] (S, then R)."""
+    states entering it, states [B*H, 1 + BIDIR, N, K, V] (S, then R); with RECOMPUTE (few chunks) the program
+    computes them from the other chunks instead, and there is no step 1."""
     n = tl.program_id(0)
     i_bh = tl.program_id(1)
     row0 = (i_bh // H * T * H + i_bh % H).to(tl.int64)
@@ -308,11 +326,16 @@ def _metala_out_kernel(q, g, gb, v, o, states, T, scale,
     DT = v.dtype.element_ty
     t0 = n * BT
     qc, gc, gbc, vc = _load_chunk_inputs(q, g, gb, v, t0, T, H, K, V, BT, BIDIR, SEP_GB)
-    s = tl.load(states + state_offs)
-    if BIDIR:
-        r = tl.load(states + NT * K * V + state_offs)
+    if RECOMPUTE:
+        s = _state_over(q, g, v, 0, n, T, scale, H, K, V, BT, False, False, PREC)
     else:
+        s = tl.load(states + state_offs)
+    if not BIDIR:
         r = s
+    elif RECOMPUTE:
+        r = _state_over(q, gb, v, NT - 1, NT - 1 - n, T, scale, H, K, V, BT, True, False, PREC)
+    else:
+        r = tl.load(states + NT * K * V + state_offs)
     acc = _chunk_output(qc, gc, gbc, vc, s, r, BIDIR, BT, DT, PREC)
     _store_chunk(o, acc * scale, t0, T, V, H * V, BT)
 
@@ -320,9 +343,10 @@ def _metala_out_kernel(q, g, gb, v, o, states, T, scale,
 @triton.jit
 def _metala_bwd_kernel(q, g, gb, v, do, dq, dg, dgb, dv, states, T, scale,
                        H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                       BIDIR: tl.constexpr, SEP_GB: tl.constexpr, PREC: tl.constexpr):
+                       BIDIR: tl.constexpr, SEP_GB: tl.constexpr, RECOMPUTE: tl.constexpr, PREC: tl.constexpr):
     """Step 2 of the backward, one program per (chunk, batch, head), from the states around the chunk,
-    states [B*H, 2 + 2 BIDIR, N, K, V] = S, dS, R, dR (see _metala_states_kernel).  dq, dg, dgb, dv: in
+    states [B*H, 2 + 2 BIDIR, N, K, V] = S, dS, R, dR (see _metala_states_kernel; with RECOMPUTE the program
+    computes them from the other chunks, as the output kernel does).  dq, dg, dgb, dv: in
     the dtypes of q, g, gb, v, computed in fp32 and stored once; without SEP_GB, dgb is dg and receives nothing.
 
     The gate gradient of a token sums dlam = q dq - k dk over every later token of the sequence.  The part from
@@ -348,10 +372,18 @@ def _metala_bwd_kernel(q, g, gb, v, do, dq, dg, dgb, dv, states, T, scale,
     da = tl.dot(doc, tl.trans(vc), input_precision=PREC)
     diag = tl.sum(doc.to(tl.float32) * vc.to(tl.float32), axis=1)[:, None]  # dA_ii
 
-    s = tl.load(states + n * K * V + offs)
-    ds = tl.load(states + (NT + n) * K * V + offs)
-    s_next = tl.load(states + (n + 1) * K * V + offs, mask=has_next, other=0.)
+    if RECOMPUTE:
+        s = _state_over(q, g, v, 0, n, T, scale, H, K, V, BT, False, False, PREC)
+        ds = _state_over(q, g, do, NT - 1, NT - 1 - n, T, scale, H, K, V, BT, True, True, PREC)
+    else:
+        s = tl.load(states + n * K * V + offs)
+        ds = tl.load(states + (NT + n) * K * V + offs)
     k, lam, qf, kf, decay = _forward_scan_gates(gc)
+    if RECOMPUTE:  # the state after this chunk: one more step of the scan
+        s_next = decay[:, None] * s + tl.dot(tl.trans((k * kf).to(DT)), vc, input_precision=PREC)
+        s_next = tl.where(has_next, s_next, 0.)
+    else:
+        s_next = tl.load(states + (n + 1) * K * V + offs, mask=has_next, other=0.)
     fast = tl.min(decay) >= MIN_CHUNK_DECAY
     fwd_seen_off_diag = rows[:, None] > rows[None, :]
     dq_f = _query_grad(qc, k, gc, lam, qf, da, doc, s, fwd_seen_off_diag, fast, False, BT, DT, PREC)
@@ -360,10 +392,16 @@ def _metala_bwd_kernel(q, g, gb, v, do, dq, dg, dgb, dv, states, T, scale,
     dg_t = _forward_gate_grad(qc, k, gc, dq_f, dk_f, diag, tl.sum(s_next * ds, axis=1))
     dq_t = dq_f + k * diag
     if BIDIR:
-        r = tl.load(states + (2 * NT + n) * K * V + offs)
-        dr = tl.load(states + (3 * NT + n) * K * V + offs)
-        dr_next = tl.load(states + (3 * NT + n + 1) * K * V + offs, mask=has_next, other=0.)
         kb, lam_b, qf_b, kf_b, decay_b = _backward_scan_gates(gbc)
+        if RECOMPUTE:
+            r = _state_over(q, gb, v, NT - 1, NT - 1 - n, T, scale, H, K, V, BT, True, False, PREC)
+            dr = _state_over(q, gb, do, 0, n, T, scale, H, K, V, BT, False, True, PREC)
+            dr_next = decay_b[:, None] * dr + tl.dot(tl.trans((qc * qf_b).to(DT)), doc, input_precision=PREC)
+            dr_next = tl.where(has_next, dr_next, 0.)
+        else:
+            r = tl.load(states + (2 * NT + n) * K * V + offs)
+            dr = tl.load(states + (3 * NT + n) * K * V + offs)
+            dr_next = tl.load(states + (3 * NT + n + 1) * K * V + offs, mask=has_next, other=0.)
         fast = tl.min(decay_b) >= MIN_CHUNK_DECAY
         dq_b = _query_grad(qc, kb, gbc, lam_b, qf_b, da, doc, r, ~fwd_seen, fast, True, BT, DT, PREC)
         dk_b, dv_b = _key_value_grads(qc, kb, gbc, lam_b, kf_b, da, doc, vc, dr, ~fwd_seen, ~fwd_seen, fast, True,
@@ -393,7 +431,7 @@ FWD_CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 8) for 
 BWD_CONFIGS = [triton.Config({}, num_warps=8, num_stages=s) for s in (1, 2)]
 
 
-def _launcher(kernel, configs, key=('H', 'K', 'V', 'BT', 'BIDIR', 'SEP_GB')):
+def _launcher(kernel, configs, key=('H', 'K', 'V', 'BT', 'BIDIR', 'SEP_GB', 'RECOMPUTE')):
     """kernel[grid](...) autotuned over configs on a GPU, once per compiled variant (T is left out of the
     key: the best launch depends on the chunk, not on the count of chunks).  The interpreter has no driver
     to tune with, and METALA_AUTOTUNE=0 (many short test shapes) skips the tuning compiles: both run the
@@ -416,10 +454,21 @@ _bwd = _launcher(_metala_bwd_kernel, BWD_CONFIGS)
 # combined 2.7x faster at 16 384 tokens (B 2, H 6), even at 4 096 (B 12), 1.3x slower at 1 024 (B 64).
 COMBINE_MIN_CHUNKS, CARRY_PROGRAMS_PER_SM = 64, 2
 COMBINE_BLOCK, COMBINE_CHUNKS = 256, 16
+# Without step 1 (RECOMPUTE), each program of step 2 computes the states around its chunk from the other chunks: one
+# launch a forward and one a backward instead of 3 and 5, for more work on the GPU.  Worth it where the launches'
+# host time exceeds the kernels' time: sequences of at most RECOMPUTE_MAX_CHUNKS chunks, at most
+# RECOMPUTE_PROGRAMS_PER_SM (chunk, batch, head) programs per SM.  Measured on an H200 at T 197, H 6, K 32 / V 64
+# (benchmarks/ops.md, three calls): fwd+bwd 0.36-0.64 vs 1.03-1.31 ms at B 1, 0.61-0.72 vs 1.10-1.47 at B 64,
+# 1.08-1.18 vs 1.11-1.38 at B 128 (24 programs per SM), 2.10-2.28 vs 1.53-1.72 at B 256 (47 per SM).
+RECOMPUTE_MAX_CHUNKS, RECOMPUTE_PROGRAMS_PER_SM = 4, 32
 
 
 def _sm_count(device):
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == 'cuda' else 1
+
+
+def _recompute_states(NT, BH, device):
+    return NT <= RECOMPUTE_MAX_CHUNKS and NT * BH <= RECOMPUTE_PROGRAMS_PER_SM * _sm_count(device)
 
 
 def _fill_states(states, q, scans, T, scale, shapes):
@@ -445,11 +494,14 @@ def _chunk_fwd(q: torch.Tensor, g: torch.Tensor, gb: torch.Tensor, v: torch.Tens
     BT = _chunk_len(T, K, V)
     NT = triton.cdiv(T, BT)
     o = torch.empty_like(v)
+    recompute = _recompute_states(NT, B * H, v.device)
     shapes = dict(H=H, K=K, V=V, BT=BT, PREC=_precision(v))
-    states = v.new_empty(B * H, 2 if not causal else 1, NT, K, V, dtype=torch.float32)  # S, R entering each chunk
-    scans = [(v, g, False, False)] + ([] if causal else [(v, gb, True, False)])  # (y, gates, REVERSE, X_IS_Q)
-    _fill_states(states, q, scans, T, scale, shapes)
-    _out((NT, B * H), q, g, gb, v, o, states, T, scale, BIDIR=not causal, SEP_GB=sep, **shapes)
+    # S, R entering each chunk
+    states = v.new_empty(0 if recompute else B * H, 2 if not causal else 1, NT, K, V, dtype=torch.float32)
+    if not recompute:
+        scans = [(v, g, False, False)] + ([] if causal else [(v, gb, True, False)])  # (y, gates, REVERSE, X_IS_Q)
+        _fill_states(states, q, scans, T, scale, shapes)
+    _out((NT, B * H), q, g, gb, v, o, states, T, scale, BIDIR=not causal, SEP_GB=sep, RECOMPUTE=recompute, **shapes)
     return o
 
 
@@ -464,14 +516,16 @@ def _chunk_bwd(q: torch.Tensor, g: torch.Tensor, gb: torch.Tensor, v: torch.Tens
     do = do.contiguous()
     BT = _chunk_len(T, K, V)
     NT = triton.cdiv(T, BT)
+    recompute = _recompute_states(NT, B * H, v.device)
     shapes = dict(H=H, K=K, V=V, BT=BT, PREC=_precision(v))
-    states = v.new_empty(B * H, 2 if causal else 4, NT, K, V, dtype=torch.float32)
-    scans = [(v, g, False, False), (do, g, True, True)]  # (y, gates, REVERSE, X_IS_Q): S, dS
-    if not causal:
-        scans += [(v, gb, True, False), (do, gb, False, True)]  # R, dR
-    _fill_states(states, q, scans, T, scale, shapes)
+    states = v.new_empty(0 if recompute else B * H, 2 if causal else 4, NT, K, V, dtype=torch.float32)
+    if not recompute:
+        scans = [(v, g, False, False), (do, g, True, True)]  # (y, gates, REVERSE, X_IS_Q): S, dS
+        if not causal:
+            scans += [(v, gb, True, False), (do, gb, False, True)]  # R, dR
+        _fill_states(states, q, scans, T, scale, shapes)
     _bwd((NT, B * H), q, g, gb, v, do, dq, dg, dgb if sep else dg, dv, states, T, scale, BIDIR=not causal,
-         SEP_GB=sep, **shapes)
+         SEP_GB=sep, RECOMPUTE=recompute, **shapes)
     return dq, dg, dgb, dv
 
 

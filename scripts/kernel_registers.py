@@ -31,15 +31,13 @@ KERNELS = [  # (name, kernel, pointer args, constexpr variant, warps to try)
      dict(REVERSE=False, X_IS_Q=False, CARRY=False), (4, 8)),
     ('states, combine', chunk._metala_combine_kernel, ('states', 'decays'),
      dict(DIRS=2, REVERSED=2, BLOCK=chunk.COMBINE_BLOCK, CHUNKS=chunk.COMBINE_CHUNKS), (4,)),
-    ('output, bidirectional', chunk._metala_out_kernel, ('q', 'g', 'gb', 'v', 'o', 'states'),
-     dict(BIDIR=True, SEP_GB=False), (4, 8)),
-    ('output, causal', chunk._metala_out_kernel, ('q', 'g', 'gb', 'v', 'o', 'states'),
-     dict(BIDIR=False, SEP_GB=False), (4, 8)),
-    ('backward, bidirectional', chunk._metala_bwd_kernel,
-     ('q', 'g', 'gb', 'v', 'do', 'dq', 'dg', 'dgb', 'dv', 'states'), dict(BIDIR=True, SEP_GB=False), (8,)),
-    ('backward, causal', chunk._metala_bwd_kernel,
-     ('q', 'g', 'gb', 'v', 'do', 'dq', 'dg', 'dgb', 'dv', 'states'), dict(BIDIR=False, SEP_GB=False), (8,)),
-]
+] + [(f'output, {mode}{how}', chunk._metala_out_kernel, ('q', 'g', 'gb', 'v', 'o', 'states'),
+        dict(BIDIR=mode == 'bidirectional', SEP_GB=False, RECOMPUTE=bool(how)), (4, 8))
+       for how in ('', ', states recomputed') for mode in ('bidirectional', 'causal')] \
+  + [(f'backward, {mode}{how}', chunk._metala_bwd_kernel,
+      ('q', 'g', 'gb', 'v', 'do', 'dq', 'dg', 'dgb', 'dv', 'states'),
+      dict(BIDIR=mode == 'bidirectional', SEP_GB=False, RECOMPUTE=bool(how)), (8,))
+     for how in ('', ', states recomputed') for mode in ('bidirectional', 'causal')]
 
 
 def resources(kernel, pointers, constexprs, num_warps, arch):

@@ -173,15 +173,18 @@ def test_chunks_of_both_gate_regimes_in_one_call(backend):
 
 
 @NEEDS_TRITON
-@pytest.mark.parametrize('carry', [True, False], ids=['carried', 'combined'])
+@pytest.mark.parametrize('states', ['carried', 'combined', 'recomputed'])
 @pytest.mark.parametrize('causal', [False, True])
-def test_state_boundaries(causal, carry, monkeypatch):
+def test_state_boundaries(causal, states, monkeypatch):
     """The Triton kernels against the oracle over 5 chunks with padding, separate backward gates and a chunk that
     needs per-pair decays (alpha ~ 0 in its middle) between chunks that do not, gradients included: the states
     entering each chunk (carried through the chunks by one program, or the chunks' terms combined 2 at a time, so
-    across 3 tiles, the last one partial), and the gate gradient's part from later chunks (the boundary products)."""
+    across 3 tiles, the last one partial, or recomputed by each chunk's program from the others), and the gate
+    gradient's part from later chunks (the boundary products)."""
     from metala_kernels import chunk
-    monkeypatch.setattr(chunk, 'CARRY_PROGRAMS_PER_SM', 0 if carry else 10 ** 9)
+    monkeypatch.setattr(chunk, 'RECOMPUTE_MAX_CHUNKS', 5 if states == 'recomputed' else 0)
+    monkeypatch.setattr(chunk, 'RECOMPUTE_PROGRAMS_PER_SM', 10 ** 9)
+    monkeypatch.setattr(chunk, 'CARRY_PROGRAMS_PER_SM', 0 if states == 'carried' else 10 ** 9)
     monkeypatch.setattr(chunk, 'COMBINE_MIN_CHUNKS', 2)
     monkeypatch.setattr(chunk, 'COMBINE_CHUNKS', 2)
     T = 260
