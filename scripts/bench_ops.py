@@ -6,9 +6,11 @@ mode.  Medians of triton.testing.do_bench.  The bytes floor is q, g, v read once
 the measured device-to-device copy bandwidth.
 
     python scripts/bench_ops.py [--dtype bf16] [--out benchmarks/ops.md] [--shapes B:T:H ...] [--widths K:V ...]
+                                [--no-fla]
 
-Each (K, V) row first compiles and autotunes our kernels (minutes): on a time budget, split the rows over GPUs
-or processes with --shapes / --widths.
+Each (K, V) row first compiles and autotunes our kernels and fla's (minutes: on an H200 the first row took more
+than 4 minutes): on a time budget, split the rows over GPUs or processes with --shapes / --widths, or leave fla's
+columns out (--no-fla).
 """
 import argparse
 import datetime
@@ -83,9 +85,9 @@ def sdpa(q, k, v):
         return F.scaled_dot_product_attention(q, k, v)
 
 
-def run(shapes, widths, dtype, bandwidth, out_path, head):
+def run(shapes, widths, dtype, bandwidth, out_path, head, with_fla=True):
     """Times every (B, T, H) of shapes at every (K, V) of widths; the file at out_path gets each row as it is
-    measured."""
+    measured.  Without with_fla, fla's columns are nan."""
     rows = []
     for B, T, H in shapes:
         qs = [torch.randn(B, H, T, 64, device='cuda', dtype=dtype, requires_grad=True) for _ in range(3)]
@@ -99,11 +101,13 @@ def run(shapes, widths, dtype, bandwidth, out_path, head):
                                         (q, g, v))
             k = (1 - g.float().exp()).to(dtype).detach().requires_grad_()
             g32 = g.float().detach().requires_grad_()
-            try:
-                fla_bi = fwd_and_train(fla_bidirectional, (q, k, v, g32))
-                fla_c = fwd_and_train(fla_causal, (q, k, v, g32))
-            except ImportError:
-                fla_bi = fla_c = (float('nan'), float('nan'))
+            fla_bi = fla_c = (float('nan'), float('nan'))
+            if with_fla:
+                try:
+                    fla_bi = fwd_and_train(fla_bidirectional, (q, k, v, g32))
+                    fla_c = fwd_and_train(fla_causal, (q, k, v, g32))
+                except ImportError:
+                    pass
             err = max(check_against_torch_path(q, g, v, False), check_against_torch_path(q, g, v, True))
             floor_ms = (q.numel() + g.numel() + 2 * v.numel()) * q.element_size() / bandwidth * 1e3
             rows.append(dict(B=B, T=T, H=H, K=K, V=V, err=err, floor=floor_ms, ours=ours, sdpa=(sdpa_fwd, sdpa_train),
@@ -140,6 +144,7 @@ def main():
                         default=SHAPES, help='batch:length:heads to time (default: %(default)s)')
     parser.add_argument('--widths', nargs='+', metavar='K:V', type=lambda s: tuple(map(int, s.split(':'))),
                         default=WIDTHS, help='head widths to time at each shape (default: %(default)s)')
+    parser.add_argument('--no-fla', action='store_true', help="leave out fla's columns (they autotune for minutes)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit('bench_ops.py times GPU kernels: no CUDA device is visible')
@@ -147,7 +152,7 @@ def main():
     bandwidth = copy_bandwidth()
     try:
         import fla
-        fla_version = fla.__version__
+        fla_version = 'not timed' if args.no_fla else fla.__version__
     except ImportError:
         fla_version = 'not installed'
     head = (f'# MetaLA attention vs peers ({args.dtype})\n\n'
@@ -159,7 +164,7 @@ def main():
             f'floor = q, g, v read once + o written once at the copy bandwidth; max rel err = o, dq, dg, dv of '
             f'the timed kernels (both modes) against the PyTorch path in fp32; ours = metala_attn(q, g, v, '
             f'check_gates=False), as the layers call it (the default check of g <= 0 syncs with the host)\n\n')
-    rows = run(args.shapes, args.widths, dtype, bandwidth, args.out, head)
+    rows = run(args.shapes, args.widths, dtype, bandwidth, args.out, head, with_fla=not args.no_fla)
     print(head + table(rows))
 
 
