@@ -2,17 +2,22 @@
 
 Inference: bf16 autocast, batch 256 at 224 px; training step: bf16 autocast, fwd + bwd + fused AdamW, batch 128 at
 224 px; batches shrink with the token count at 512 and 1024 px (the same batch for both models of a pair).
-Images/s over timed iterations after warm-up (CUDA events); peak memory of the timed step; parameters; GFLOPs of one
-224 px image counted by torch.utils.flop_counter on the CPU (our operator counted through its PyTorch path).
+The two models of a pair are on the GPU together and take turns (CUDA events), so that a slow stretch of the host
+lands on both; peak memory of each step; parameters; GFLOPs of one 224 px image counted by torch.utils.flop_counter
+on the CPU (our operator counted through its PyTorch path).
 Writes benchmarks/models.md and models.json beside it; --plot-only redraws models.png from the JSON (matplotlib).
 
     python scripts/bench_models.py [--res 224 512 1024] [--pairs t s b] [--out benchmarks/models.md]
+
+--device cpu runs the same steps on the CPU (no memory figures): a check of the script, not a benchmark.
 """
 import argparse
 import datetime
 import json
+import os
 import platform
 import statistics
+import time
 from pathlib import Path
 
 import timm
@@ -24,12 +29,12 @@ import metala_vision  # noqa: F401  (registers the metala_vit models)
 PAIRS = {'t': ('metala_vit_t', 'deit_tiny_patch16_224'), 's': ('metala_vit_s', 'deit_small_patch16_224'),
          'b': ('metala_vit_b', 'deit_base_patch16_224')}
 INFER_BATCH, TRAIN_BATCH = 256, 128
-WARMUP_STEPS, TIMINGS = 10, 5  # each img/s: the median of TIMINGS timings of --iters steps, after the warm-up
+WARMUP_STEPS, TIMINGS = 10, 5  # each img/s: the median of TIMINGS rounds of --iters steps, after the warm-up
 
 
 def batch_at(base, res):
-    """Batch at res px: base at 224, scaled down by the token count (at least 4)."""
-    return max(4, int(base * (224 / res) ** 2) // 2 * 2)
+    """Batch at res px: base at 224 px and below, scaled down by the token count above (at least 4)."""
+    return max(4, min(base, int(base * (224 / res) ** 2) // 2 * 2))
 
 
 def create(name, res):
@@ -44,58 +49,85 @@ def gflops_at_224(name):
     return counter.get_total_flops() / 1e9
 
 
-def timed(step, iters, warmup=WARMUP_STEPS, repeats=TIMINGS):
-    """(seconds per step, peak bytes) of step() on the GPU: the median of `repeats` timings of `iters` steps each,
-    so that a transient (clocks, the allocator, another process) moves one timing, not the result."""
-    for _ in range(warmup):
-        step()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    seconds = []
-    for _ in range(repeats):
+class Bench:
+    """One model at res px on the device, with its inference step (no grad) and training step (fwd + bwd + AdamW),
+    bf16 autocast.  Built in turn, each step runs WARMUP_STEPS times (compiles, autotunes, the allocator) and then
+    once more for its peak memory: the bytes allocated above what was allocated before the model was created (the
+    other model of a pair may sit on the GPU meanwhile), with only that step's inputs allocated.  seconds() times
+    it."""
+
+    def __init__(self, name, res, device, batches=(INFER_BATCH, TRAIN_BATCH), compile_model=False):
+        base = torch.cuda.memory_allocated() if device == 'cuda' else 0
+        self.device = device
+        self.model = create(name, res).to(device)
+        if compile_model:
+            self.model = torch.compile(self.model)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=device == 'cuda')
+        self.row = dict(model=name, res=res, compiled=compile_model, infer_batch=batch_at(batches[0], res),
+                        train_batch=batch_at(batches[1], res))
+        for kind in ('infer', 'train'):
+            self.inputs = {kind: self.batch(kind)}
+            self.seconds(kind, WARMUP_STEPS)
+            self.row[f'{kind}_gib'] = self.peak_gib(kind, base)
+        self.inputs['infer'] = self.batch('infer')
+
+    def batch(self, kind):
+        b, res = self.row[f'{kind}_batch'], self.row['res']
+        x = torch.randn(b, 3, res, res, device=self.device)
+        return x if kind == 'infer' else (x, torch.randint(0, 1000, (b,), device=self.device))
+
+    def infer(self):
+        with torch.no_grad(), torch.autocast(self.device, dtype=torch.bfloat16):
+            self.model(self.inputs['infer'])
+
+    def train(self):
+        x, y = self.inputs['train']
+        with torch.autocast(self.device, dtype=torch.bfloat16):
+            loss = torch.nn.functional.cross_entropy(self.model(x), y)
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+    def seconds(self, kind, iters):
+        """Seconds per step over iters steps of kind ('infer' or 'train'): CUDA events on a GPU."""
+        self.model.train(kind == 'train')
+        step = getattr(self, kind)
+        if self.device != 'cuda':
+            start = time.perf_counter()
+            for _ in range(iters):
+                step()
+            return (time.perf_counter() - start) / iters
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         for _ in range(iters):
             step()
         end.record()
         torch.cuda.synchronize()
-        seconds.append(start.elapsed_time(end) / 1e3 / iters)
-    return statistics.median(seconds), torch.cuda.max_memory_allocated()
+        return start.elapsed_time(end) / 1e3 / iters
+
+    def peak_gib(self, kind, base):
+        """Peak GiB of one step of kind above base (nan on the CPU: no allocator statistics)."""
+        if self.device != 'cuda':
+            return float('nan')
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        self.seconds(kind, 1)
+        return (torch.cuda.max_memory_allocated() - base) / 2 ** 30
 
 
-def measure(name, res, iters, compile_model=False):
-    """Inference and training images/s and peak GiB of one model at res px (torch.compile'd if asked)."""
-    model = create(name, res).cuda()
-    if compile_model:
-        model = torch.compile(model)
-    row = {'model': name, 'res': res, 'compiled': compile_model}
-    b = batch_at(INFER_BATCH, res)
-    x = torch.randn(b, 3, res, res, device='cuda')
-    model.eval()
-
-    def infer():
-        with torch.no_grad(), torch.autocast('cuda', dtype=torch.bfloat16):
-            model(x)
-
-    sec, peak = timed(infer, iters)
-    row.update(infer_batch=b, infer_img_s=b / sec, infer_gib=peak / 2 ** 30)
-
-    b = batch_at(TRAIN_BATCH, res)
-    x = torch.randn(b, 3, res, res, device='cuda')
-    y = torch.randint(0, 1000, (b,), device='cuda')
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-
-    def train():
-        with torch.autocast('cuda', dtype=torch.bfloat16):
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    sec, peak = timed(train, iters)
-    row.update(train_batch=b, train_img_s=b / sec, train_gib=peak / 2 ** 30)
-    return row
+def measure_pair(names, res, iters, device, batches=(INFER_BATCH, TRAIN_BATCH), compile_model=False):
+    """Rows (img/s, peak GiB) of the models of a pair at res px.  Their timings take turns, TIMINGS rounds of iters
+    steps each, inference rounds then training rounds, so that a slow stretch of the host or GPU lands on both models;
+    img/s is the median over the rounds."""
+    benches = [Bench(name, res, device, batches, compile_model) for name in names]
+    for kind in ('infer', 'train'):
+        seconds = [[] for _ in benches]
+        for _ in range(TIMINGS):
+            for bench, times in zip(benches, seconds):
+                times.append(bench.seconds(kind, iters))
+        for bench, times in zip(benches, seconds):
+            bench.row[f'{kind}_img_s'] = bench.row[f'{kind}_batch'] / statistics.median(times)
+    return [bench.row for bench in benches]
 
 
 def write_markdown(result, path):
@@ -104,8 +136,9 @@ def write_markdown(result, path):
              f"{result['device']}; torch {result['torch']}, triton {result['triton']}, timm {result['timm']}; "
              f"bf16 autocast; {'torch.compile' if result.get('compiled') else 'eager (no torch.compile)'} for both; "
              'fused AdamW for training. '
-             f'img/s: the median of {TIMINGS} timings of --iters steps each, after {WARMUP_STEPS} warm-up steps; '
-             'peak memory of the timed steps. '
+             f'The two models of a pair take turns, {TIMINGS} rounds of --iters steps each after {WARMUP_STEPS} '
+             'warm-up steps; img/s is the median round. Peak memory of one step above what was allocated before the '
+             'model was created. '
              'Ratio = ours / DeiT (higher img/s and lower memory are better).', '',
              '| size | params (M) ours / DeiT | GFLOPs@224 ours / DeiT |', '|---|---|---|']
     for size, (ours, peer) in PAIRS.items():
@@ -156,19 +189,25 @@ def main():
     parser.add_argument('--res', type=int, nargs='+', default=[224, 512, 1024])
     parser.add_argument('--pairs', nargs='+', default=list(PAIRS), choices=list(PAIRS))
     parser.add_argument('--iters', type=int, default=10)
+    parser.add_argument('--batch', type=int, nargs=2, default=[INFER_BATCH, TRAIN_BATCH], metavar=('INFER', 'TRAIN'),
+                        help='batches at 224 px (default: %(default)s); they shrink with the token count above')
     parser.add_argument('--compile', action='store_true', help='torch.compile both models of each pair')
     parser.add_argument('--out', default='benchmarks/models.md', help='the table; .json and .png beside it')
     parser.add_argument('--plot-only', action='store_true', help='redraw models.png from models.json')
+    parser.add_argument('--device', default='cuda', choices=['cuda', 'cpu'],
+                        help='cpu: run the script on the CPU (a check of it; the numbers mean nothing)')
     args = parser.parse_args()
     out = Path(args.out)
     if args.plot_only:
         plot(json.loads(out.with_suffix('.json').read_text()), out.with_suffix('.png'))
         return
-    if not torch.cuda.is_available():
-        raise SystemExit('bench_models.py times CUDA execution: no GPU here')
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        raise SystemExit('bench_models.py times CUDA execution: no GPU here (--device cpu checks the script)')
     import triton
+    out.parent.mkdir(parents=True, exist_ok=True)
     names = [n for s in args.pairs for n in PAIRS[s]]
-    result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
+    device_name = torch.cuda.get_device_name() if args.device == 'cuda' else f'CPU ({os.cpu_count()} cores)'
+    result = dict(device=device_name, torch=torch.__version__, triton=triton.__version__,
                   timm=timm.__version__, python=platform.python_version(), date=str(datetime.date.today()),
                   resolutions=args.res, compiled=args.compile, rows=[],
                   params={n: sum(p.numel() for p in create(n, 224).parameters()) / 1e6 for n in names},
@@ -177,13 +216,13 @@ def main():
     torch.backends.cudnn.allow_tf32 = True
     for size in args.pairs:
         for res in args.res:
-            for name in PAIRS[size]:
-                row = measure(name, res, args.iters, args.compile)
-                torch.cuda.empty_cache()  # the model and its optimizer went with measure()
-                result['rows'].append(row)
-                print(json.dumps(row), flush=True)
-                out.with_suffix('.json').write_text(json.dumps(result, indent=1))
-                write_markdown(result, out)
+            rows = measure_pair(PAIRS[size], res, args.iters, args.device, args.batch, args.compile)
+            if args.device == 'cuda':
+                torch.cuda.empty_cache()  # the models and their optimizers went with measure_pair()
+            result['rows'] += rows
+            print('\n'.join(json.dumps(row) for row in rows), flush=True)
+            out.with_suffix('.json').write_text(json.dumps(result, indent=1))
+            write_markdown(result, out)
     print(out.read_text())
 
 

@@ -1,0 +1,48 @@
+"""scripts/bench_models.py on the CPU (--device cpu): the models of a pair take turns, and the table and plot are
+written.  Its numbers are not checked: timings are not tests."""
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / 'scripts' / 'bench_models.py'
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location('_script_bench_models', SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pair_timings_take_turns(monkeypatch, one_thread):
+    bench_models = _load_script()
+    timed = []
+    seconds = bench_models.Bench.seconds
+
+    def logged(self, kind, iters):
+        timed.append((self.row['model'], kind, iters))
+        return seconds(self, kind, iters)
+
+    monkeypatch.setattr(bench_models.Bench, 'seconds', logged)
+    monkeypatch.setattr(bench_models, 'WARMUP_STEPS', 1)
+    pair = bench_models.PAIRS['t']
+    rows = bench_models.measure_pair(pair, 32, 2, 'cpu', batches=(4, 4))
+    warmups = [(name, kind, 1) for name in pair for kind in ('infer', 'train')]  # one built after the other
+    rounds = [(name, kind, 2) for kind in ('infer', 'train') for _ in range(bench_models.TIMINGS) for name in pair]
+    assert timed == warmups + rounds
+    assert [row['model'] for row in rows] == list(pair)
+    assert all(row[f'{kind}_img_s'] > 0 and row[f'{kind}_batch'] == 4 for row in rows for kind in ('infer', 'train'))
+
+
+def test_writes_the_table_json_and_plot(tmp_path):
+    out = tmp_path / 'bench' / 'models.md'  # a folder that does not exist yet
+    subprocess.run([sys.executable, str(SCRIPT), '--device', 'cpu', '--pairs', 't', '--res', '32', '--batch', '4',
+                    '4', '--iters', '1', '--out', str(out)], check=True, capture_output=True)
+    table = out.read_text()
+    assert '| T | 32 | 4 |' in table and 'take turns' in table
+    assert [row['model'] for row in json.loads(out.with_suffix('.json').read_text())['rows']] == list(
+        _load_script().PAIRS['t'])
+    subprocess.run([sys.executable, str(SCRIPT), '--plot-only', '--out', str(out)], check=True, capture_output=True)
+    assert out.with_suffix('.png').stat().st_size > 0
