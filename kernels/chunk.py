@@ -5,8 +5,8 @@ right, R right to left; and their gradients dS, dR for the backward), then one p
 computes that chunk's outputs or gradients from them.  On long sequences with few (batch, head) pairs the states
 kernel computes every chunk's own term in parallel and a combine kernel scans them into the entering states.  On
 short sequences at small batch (RECOMPUTE) there is no states kernel: each program computes the states around its
-chunk from the other chunks, fewer launches for more work on the GPU.  (A fused variant, one program per (batch, head) running over all chunks, was slower at every shape timed on an H200:
-benchmarks/ops.md.)
+chunk from the other chunks, fewer launches for more work on the GPU.  (A fused variant, one program per (batch,
+head) running over all chunks, was slower at every shape timed on an H200: benchmarks/ops.md.)
 
 A scan direction is described by a log-decay lam [BT, K] over the chunk: the decay between a query i and a
 key j it sees is exp(lam_i - lam_j) <= 1, per channel.  Forward: lam = inclusive cumsum of g, keys j <= i.
@@ -16,6 +16,7 @@ overflow); when the chunk decays below e^-30 (alpha near 0) a per-key loop compu
 exponents <= 0.
 k = 1 - exp(g) is computed here: the kernels read only q, g, v (and do).
 """
+import functools
 import os
 
 import torch
@@ -463,6 +464,7 @@ COMBINE_BLOCK, COMBINE_CHUNKS = 256, 16
 RECOMPUTE_MAX_CHUNKS, RECOMPUTE_PROGRAMS_PER_SM = 4, 32
 
 
+@functools.cache
 def _sm_count(device):
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == 'cuda' else 1
 
