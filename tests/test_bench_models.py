@@ -9,15 +9,17 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parents[1] / 'scripts' / 'bench_models.py'
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location('_script_bench_models', SCRIPT)
+def _load_script(path):
+    spec = importlib.util.spec_from_file_location(f'_script_{path.stem}', path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
+bench_models = _load_script(SCRIPT)
+
+
 def test_pair_timings_take_turns(monkeypatch, one_thread):
-    bench_models = _load_script()
     timed = []
     seconds = bench_models.Bench.seconds
 
@@ -43,6 +45,6 @@ def test_writes_the_table_json_and_plot(tmp_path):
     table = out.read_text()
     assert '| T | 32 | 4 |' in table and 'take turns' in table
     assert [row['model'] for row in json.loads(out.with_suffix('.json').read_text())['rows']] == list(
-        _load_script().PAIRS['t'])
+        bench_models.PAIRS['t'])
     subprocess.run([sys.executable, str(SCRIPT), '--plot-only', '--out', str(out)], check=True, capture_output=True)
     assert out.with_suffix('.png').stat().st_size > 0
