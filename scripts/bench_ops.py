@@ -14,6 +14,7 @@ columns out (--no-fla).
 """
 import argparse
 import datetime
+import math
 import platform
 
 import torch
@@ -87,7 +88,7 @@ def sdpa(q, k, v):
 
 def run(shapes, widths, dtype, bandwidth, out_path, head, with_fla=True):
     """Times every (B, T, H) of shapes at every (K, V) of widths; the file at out_path gets each row as it is
-    measured.  Without with_fla, fla's columns are nan."""
+    measured.  Without with_fla, fla's columns are nan (printed as -)."""
     rows = []
     for B, T, H in shapes:
         qs = [torch.randn(B, H, T, 64, device='cuda', dtype=dtype, requires_grad=True) for _ in range(3)]
@@ -129,10 +130,11 @@ def table(rows, header=True):
     for r in rows:
         (of, ot), (sf, st), (ff, ft) = r['ours'], r['sdpa'], r['fla_bi']
         (_, ct), (_, gt) = r['causal'], r['fla_causal']
-        lines.append(f"| {r['B']} | {r['T']} | {r['H']} | {r['K']} | {r['V']} | {r['err']:.1e} | {r['floor']:.3f} "
-                     f"| {of:.3f} | {sf:.3f} | {ff:.3f} | {ot:.3f} | {st:.3f} | {ft:.3f} | {of / sf:.2f} | {ot / st:.2f} "
-                     f"| {ft / ot:.1f} "
-                     f"| {ct:.3f} | {gt:.3f} | {ct / gt:.2f} |")
+        cells = [(r['err'], '.1e'), (r['floor'], '.3f'), (of, '.3f'), (sf, '.3f'), (ff, '.3f'), (ot, '.3f'),
+                 (st, '.3f'), (ft, '.3f'), (of / sf, '.2f'), (ot / st, '.2f'), (ft / ot, '.1f'), (ct, '.3f'),
+                 (gt, '.3f'), (ct / gt, '.2f')]
+        lines.append(f"| {r['B']} | {r['T']} | {r['H']} | {r['K']} | {r['V']} | "
+                     + ' | '.join('-' if math.isnan(x) else format(x, spec) for x, spec in cells) + ' |')
     return '\n'.join(lines)
 
 
