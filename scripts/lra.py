@@ -92,6 +92,7 @@ DEFAULTS = dict(
     gate_norm=16.0,  # log alpha = logsigmoid(.) / gate_norm: larger = slower decay (longer memory) at init
     decay_init=None,  # [t_min, t_max]: gate biases spreading the initial memory lengths over t_min..t_max tokens
     init_values=None,  # layer scale of both branches of every block at init (null: none)
+    gate_lower_bounds=False,  # HGRN's learned floors of the decays, rising with depth (LRAClassifier)
     # optimisation
     batch_size=32,  # per process
     val_batch_size=None,  # null = batch_size
@@ -243,7 +244,8 @@ def build_model(cfg) -> LRAClassifier:
                          num_heads=cfg['num_heads'], mlp_ratio=cfg['mlp_ratio'], mlp_layer=cfg['mlp_layer'],
                          pos_embed=cfg['pos_embed'], drop_rate=cfg['dropout'], drop_path_rate=cfg['drop_path'],
                          separate_bwd_gates=cfg['separate_bwd_gates'], gate_norm=cfg['gate_norm'],
-                         decay_init=cfg['decay_init'], init_values=cfg['init_values'], paired=info.paired)
+                         decay_init=cfg['decay_init'], init_values=cfg['init_values'],
+                         gate_lower_bounds=cfg['gate_lower_bounds'], paired=info.paired)
 
 
 class _Unpacked(nn.Module):

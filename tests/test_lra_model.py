@@ -19,10 +19,10 @@ def _model(**kw):
     return model
 
 
-@pytest.mark.parametrize('pos_embed', [False, True])
-def test_pads_do_not_leak(pos_embed):
+@pytest.mark.parametrize('pos_embed,gate_lower_bounds', [(False, False), (True, False), (False, True)])
+def test_pads_do_not_leak(pos_embed, gate_lower_bounds):
     """Right-padding with random tokens leaves the logits of each sequence as they are alone."""
-    model = _model(pos_embed=pos_embed)
+    model = _model(pos_embed=pos_embed, gate_lower_bounds=gate_lower_bounds)
     seqs = [torch.randint(1, 20, (n,)) for n in (17, 40, 33)]
     ids = torch.randint(1, 20, (3, 48))  # random junk in the padded tail
     mask = torch.zeros(3, 48, dtype=torch.bool)
@@ -54,6 +54,29 @@ def test_gate_norm_reaches_every_mixer():
     with torch.no_grad():
         assert not torch.allclose(slow(ids), _model()(ids))
 
+
+def test_gate_lower_bounds_rise_with_depth_and_floor_the_decays():
+    """gate_lower_bounds: no floor in block 0, then l / depth at init in every channel, learned (gradients reach
+    them, no weight decay); the floored decays a = b + (1 - b) a_raw are >= b even where a_raw is ~0."""
+    model = _model(depth=4, gate_lower_bounds=True)
+    torch.nn.init.zeros_(model.gate_lower_bounds)
+    bounds = model.lower_bounds()
+    assert bounds[0] is None and [tuple(b.shape) for b in bounds[1:]] == [(32,)] * 3
+    for depth, b in enumerate(bounds[1:], 1):
+        torch.testing.assert_close(b, torch.full((32,), depth / 4))
+    assert 'gate_lower_bounds' in model.no_weight_decay()
+    mixer = model.blocks[3].attn
+    x = torch.randn(2, 9, 64) * 50  # pre-activations far below 0 somewhere: a_raw ~ 0 there
+    raw = mixer.log_decay(x, mixer.gate_proj)
+    floored = mixer.log_decay(x, mixer.gate_proj, bounds[3])
+    assert raw.min() < torch.tensor(0.75).log() - 1
+    torch.testing.assert_close(floored.exp(), 0.75 + 0.25 * raw.exp())
+    ids = torch.randint(1, 20, (2, 30))
+    model.train()
+    torch.nn.functional.cross_entropy(model(ids), torch.tensor([1, 2])).backward()
+    grad = model.gate_lower_bounds.grad
+    assert torch.isfinite(grad).all() and grad[1:].abs().sum() > 0
+    assert _model().gate_lower_bounds is None and _model().lower_bounds() == [None, None]
 
 def test_decay_init_survives_the_model_init():
     """The classifier's weight init zeroes biases; the gate biases of decay_init are set after it (the mixer's own

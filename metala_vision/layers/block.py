@@ -30,7 +30,9 @@ class MetaLABlock(nn.Module):
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x, grid_size: Optional[Tuple[int, int]] = None, num_prefix: int = 0, mask=None):
-        """x: [B, N, dim]; grid_size / num_prefix for a 2-D short conv; mask [B, N] (True = real token)."""
-        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), grid_size, num_prefix, mask)))
+    def forward(self, x, grid_size: Optional[Tuple[int, int]] = None, num_prefix: int = 0, mask=None,
+                gate_lower_bound=None):
+        """x: [B, N, dim]; grid_size / num_prefix for a 2-D short conv; mask [B, N] (True = real token);
+        gate_lower_bound [dim // 2]: the mixer's floor of the decays (MetaLAMixer.log_decay), or None."""
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), grid_size, num_prefix, mask, gate_lower_bound)))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))

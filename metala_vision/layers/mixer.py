@@ -126,16 +126,20 @@ class MetaLAMixer(nn.Module):
                 if proj is not None:
                     (copy_ or torch.Tensor.copy_)(proj.bias, bias.to(proj.bias.dtype))
 
-    def log_decay(self, x, proj):
-        """log a = logsigmoid(x W) / gate_norm in fp32: [B, N, H, K]."""
-        return F.logsigmoid(proj(x).float()).div(self.gate_norm).unflatten(-1, (self.num_heads, self.key_dim))
+    def log_decay(self, x, proj, lower_bound=None):
+        """log a = logsigmoid(x W) / gate_norm in fp32: [B, N, H, K].  With lower_bound b [H * K] in (0, 1) (HGRN's
+        forget-gate floor): log(b + (1 - b) a), so a >= b and the key k = 1 - a shrinks to (1 - b)(1 - a)."""
+        g = F.logsigmoid(proj(x).float()).div(self.gate_norm)
+        if lower_bound is not None:
+            g = torch.logaddexp(lower_bound.log(), torch.log1p(-lower_bound) + g)
+        return g.unflatten(-1, (self.num_heads, self.key_dim))
 
-    def project(self, x):
+    def project(self, x, lower_bound=None):
         """Short-convolved tokens [B, N, dim] -> q, log a, log a of the backward scan (or None): [B, N, H, K];
-        v: [B, N, H, D]; output gate: [B, N, dim]."""
+        v: [B, N, H, D]; output gate: [B, N, dim].  lower_bound: see log_decay (both scans)."""
         q = self.q_proj(x).unflatten(-1, (self.num_heads, self.key_dim))
-        g = self.log_decay(x, self.gate_proj)
-        g_bwd = self.log_decay(x, self.gate_bwd_proj) if self.gate_bwd_proj is not None else None
+        g = self.log_decay(x, self.gate_proj, lower_bound)
+        g_bwd = self.log_decay(x, self.gate_bwd_proj, lower_bound) if self.gate_bwd_proj is not None else None
         v = self.v_proj(x).unflatten(-1, (self.num_heads, self.head_dim))
         return q, g, g_bwd, v, self.out_gate_proj(x)
 
@@ -146,10 +150,11 @@ class MetaLAMixer(nn.Module):
                            self.norm_eps, backend=self.backend)
         return self.proj_drop(self.out_proj(y.flatten(2)))
 
-    def forward(self, x, grid_size=None, num_prefix=0, mask=None):
-        """x: [B, N, dim]; grid_size (gh, gw) of the patch tokens for the 2-D conv; mask [B, N] bool, True = real."""
+    def forward(self, x, grid_size=None, num_prefix=0, mask=None, lower_bound=None):
+        """x: [B, N, dim]; grid_size (gh, gw) of the patch tokens for the 2-D conv; mask [B, N] bool, True = real;
+        lower_bound [dim // 2] of the gates (see log_decay), or None."""
         x = self.short_conv(x, grid_size, num_prefix, mask)
-        q, g, g_bwd, v, out_gate = self.project(x)
+        q, g, g_bwd, v, out_gate = self.project(x, lower_bound)
         o = metala_attn(q, g, v, causal=self.causal, g_bwd=g_bwd, mask=mask, backend=self.backend,
                         check_gates=False)  # logsigmoid: g <= 0 by construction
         y = self.readout(o, q, g, v, out_gate)

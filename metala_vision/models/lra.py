@@ -16,11 +16,15 @@ class LRAClassifier(nn.Module):
     """ids [B, T] (+ mask [B, T], True = real token) -> logits [B, num_classes];
     with paired=True: forward(ids1, mask1, ids2, mask2).  init_values: layer scale on both branches of every
     block (timm's LayerScale); without it a deep stack was slow to carry the first token's cue into the mean
-    (benchmarks/lra.md)."""
+    (benchmarks/lra.md).  gate_lower_bounds: HGRN's learned floors of the decays (Qin et al., "Hierarchically
+    Gated Recurrent Neural Network for Sequence Modeling", NeurIPS 2023): per gate channel, a softmax over the
+    blocks, summed up to each block and less the first block's share, so the floor is 0 in the first block and
+    rises with depth (l / depth at init): upper blocks keep long memories."""
 
     def __init__(self, vocab_size, num_classes, max_len, dim=128, depth=4, num_heads=None, mlp_ratio=2.0,
                  mlp_layer='gelu', pos_embed=False, init_values=None, drop_rate=0.0, drop_path_rate=0.0,
-                 separate_bwd_gates=False, gate_norm=16.0, decay_init=None, paired=False, backend='auto'):
+                 separate_bwd_gates=False, gate_norm=16.0, decay_init=None, gate_lower_bounds=False, paired=False,
+                 backend='auto'):
         super().__init__()
         num_heads = num_heads or max(1, dim // 64)
         self.paired, self.max_len = paired, max_len
@@ -33,6 +37,7 @@ class LRAClassifier(nn.Module):
                         short_conv='1d', separate_bwd_gates=separate_bwd_gates, gate_norm=gate_norm,
                         decay_init=decay_init, backend=backend)
             for i in range(depth)])
+        self.gate_lower_bounds = nn.Parameter(torch.zeros(depth, dim // 2)) if gate_lower_bounds else None
         self.norm = nn.LayerNorm(dim)
         features = 4 * dim if paired else dim
         self.head = nn.Sequential(nn.Linear(features, dim), nn.GELU(), nn.Dropout(drop_rate),
@@ -51,7 +56,14 @@ class LRAClassifier(nn.Module):
             m.init_gate_bias()
 
     def no_weight_decay(self):
-        return {'pos_embed'} | {n for n, _ in self.named_parameters() if n.endswith('.aug_weight')}
+        return {'pos_embed', 'gate_lower_bounds'} | {n for n, _ in self.named_parameters() if n.endswith('.aug_weight')}
+
+    def lower_bounds(self):
+        """The decays' floor of each block: [None (block 0), [dim // 2], ...], or all None without the option."""
+        if self.gate_lower_bounds is None:
+            return [None] * len(self.blocks)
+        bounds = self.gate_lower_bounds.float().softmax(0).cumsum(0)
+        return [None] + list((bounds[1:] - bounds[0]).unbind(0))
 
     def encode(self, ids, mask=None):
         """ids [B, T] -> pooled features [B, dim]: the mean over real tokens."""
@@ -64,8 +76,8 @@ class LRAClassifier(nn.Module):
         if self.pos_embed is not None:
             x = x + self.pos_embed[:, :T]
         x = self.embed_drop(x)
-        for blk in self.blocks:
-            x = blk(x, mask=mask)
+        for blk, lower_bound in zip(self.blocks, self.lower_bounds()):
+            x = blk(x, mask=mask, gate_lower_bound=lower_bound)
         x = self.norm(x)
         if mask is None:
             return x.mean(1)
