@@ -1,22 +1,13 @@
 """scripts/bench_models.py on the CPU (--device cpu): the models of a pair take turns, and the table and plot are
 written.  Its numbers are not checked: timings are not tests."""
-import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / 'scripts' / 'bench_models.py'
+from script_loader import SCRIPTS, load_script
 
-
-def _load_script(path):
-    spec = importlib.util.spec_from_file_location(f'_script_{path.stem}', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench_models = _load_script(SCRIPT)
+SCRIPT = SCRIPTS / 'bench_models.py'
+bench_models = load_script('bench_models')
 
 
 def test_pair_timings_take_turns(monkeypatch, one_thread):

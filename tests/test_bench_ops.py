@@ -1,15 +1,12 @@
 """scripts/bench_ops.py's table (the timing itself needs a GPU): every cell in its column, and the columns that
 were not measured (fla's, with --no-fla) printed as '-'."""
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / 'scripts' / 'bench_ops.py'
-spec = importlib.util.spec_from_file_location('_script_bench_ops', SCRIPT)
-bench_ops = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench_ops)
+from script_loader import load_script
+
+bench_ops = load_script('bench_ops')
 
 
 @pytest.mark.parametrize('fla', [(0.6, 2.4), (float('nan'), float('nan'))])

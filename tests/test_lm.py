@@ -1,8 +1,5 @@
 """MetaLA causal LM: config and checkpoint round trips, parallel forward vs prefill + recurrent decoding, generate(),
 and scripts/train_lm.py's resume."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
@@ -10,6 +7,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 from metala_vision.layers import MetaLAMixer
 from metala_vision.models.metala_lm import MetaLAConfig, MetaLAForCausalLM
 from metala_vision.training import read_jsonl
+from script_loader import load_script
 
 VOCAB = 64
 
@@ -188,10 +186,7 @@ def test_loss_is_next_token_cross_entropy():
 
 def test_train_lm_resumes_where_it_stopped(tmp_path):
     """scripts/train_lm.py: a run stopped after 2 of 4 updates and resumed ends where an uninterrupted run does."""
-    spec = importlib.util.spec_from_file_location('train_lm', Path(__file__).resolve().parents[1] / 'scripts' /
-                                                  'train_lm.py')
-    train_lm = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_lm)
+    train_lm = load_script('train_lm')
     text = tmp_path / 'corpus.txt'
     text.write_text('the quick brown fox jumps over the lazy dog. ' * 40)
     settings = ['model.hidden_size=64', 'model.num_hidden_layers=1', 'model.num_attention_heads=1', 'seq_len=32',

@@ -6,7 +6,6 @@ stopped run), one thread each (OMP_NUM_THREADS=1); the other checks call main() 
 so that their numbers can be compared with the subprocesses' exactly. The data are generated once per module (250
 ListOps expressions: 240 / 5 / 5; 100 Pathfinder images: 80 / 10 / 10) and every sequence is cut to 64 tokens.
 """
-import importlib.util
 import json
 import math
 import os
@@ -20,6 +19,7 @@ from safetensors.torch import load_file
 
 from metala_vision.data.lra import build_lra_datasets
 from metala_vision.training import CheckpointDir, read_jsonl
+from script_loader import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / 'scripts' / 'lra.py'
@@ -31,14 +31,7 @@ PATHFINDER = dict(num_examples=100, batches=5)  # 80 training images / 16
 EPOCHS = 3
 
 
-def _load_script(path):
-    spec = importlib.util.spec_from_file_location(f'_script_{path.stem}', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-lra_script = _load_script(SCRIPT)
+lra_script = load_script('lra')
 
 
 @pytest.fixture(scope='module')
@@ -207,7 +200,7 @@ def test_bad_input_exits_2_before_any_model_work(cache_dir, tmp_path, monkeypatc
 def test_pathfinder_cnn_reads_the_generated_images(cache_dir, capsys):
     """scripts/pathfinder_cnn.py (the data check of benchmarks/lra.md) trains on the same cached images and reports
     validation accuracy over the 10 validation images."""
-    script = _load_script(REPO / 'scripts' / 'pathfinder_cnn.py')
+    script = load_script('pathfinder_cnn')
     script.main(['--cache-dir', str(cache_dir), '--num-examples', str(PATHFINDER['num_examples']), '--seconds', '1',
                  '--eval-every', '1', '--batch-size', '8'])
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

@@ -1,22 +1,15 @@
 """MQAR data (metala_vision.data.mqar) and the training loop of scripts/mqar.py."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from metala_vision.data.mqar import IGNORE_INDEX, multiquery_ar
-
-SCRIPT = Path(__file__).resolve().parents[1] / 'scripts' / 'mqar.py'
+from script_loader import load_script
 
 
 @pytest.fixture(scope='module')
 def mqar_script():
-    spec = importlib.util.spec_from_file_location('mqar_script', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script('mqar')
 
 
 pytestmark = pytest.mark.usefixtures('one_thread')

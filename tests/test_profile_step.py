@@ -1,12 +1,8 @@
 """scripts/profile_step.py on the CPU: a step is profiled and timed, and the host-time table names the model's ops.
 Its numbers are not checked: timings are not tests."""
-import importlib.util
-from pathlib import Path
+from script_loader import load_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / 'scripts' / 'profile_step.py'
-spec = importlib.util.spec_from_file_location('_script_profile_step', SCRIPT)
-profile_step = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(profile_step)
+profile_step = load_script('profile_step')
 
 
 def test_profiles_a_training_step(one_thread):

@@ -3,7 +3,6 @@
 The training runs go through subprocesses (`python scripts/...` and `accelerate launch --cpu`), one thread each
 (OMP_NUM_THREADS=1: on a loaded 2-core machine, more threads than cores slow torch down many times over).
 """
-import importlib.util
 import json
 import os
 import re
@@ -19,6 +18,7 @@ from safetensors.torch import load_file
 
 from metala_vision.data.synthetic import write_digits
 from metala_vision.training import CheckpointDir, UsageError, load_config, read_jsonl
+from script_loader import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 DEBUG_CONFIG = str(REPO / 'configs/imagenet/debug.yaml')
@@ -33,15 +33,8 @@ UPDATES_PER_EPOCH = 50  # 400 training images / batch 8
 STOP_AFTER = 20  # updates before the interrupted run stops: within the first epoch
 
 
-def _load_script(name):
-    spec = importlib.util.spec_from_file_location(f'_script_{name}', REPO / 'scripts' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train_script = _load_script('train_imagenet')
-validate_script = _load_script('validate')
+train_script = load_script('train_imagenet')
+validate_script = load_script('validate')
 
 
 def _run(command, timeout=600):
