@@ -45,14 +45,14 @@ def test_decay_init_survives_init_and_reload(tmp_path):
     """transformers' init zeroes linear biases; the gate biases of decay_init are set after it, and a saved model
     loads with them (and with decay_init in its config)."""
     model = tiny_model(decay_init=[2, 64])
-    expected = MetaLAMixer(64, 2, short_conv='causal', causal=True, decay_init=(2, 64)).gate_proj.bias
+    expected = MetaLAMixer(64, 2, short_conv='causal', causal=True, decay_init=(2, 64)).gate_bias
     for block in model.model.layers:
-        torch.testing.assert_close(block.attn.gate_proj.bias, expected)
+        torch.testing.assert_close(block.attn.gate_bias, expected)
     model.save_pretrained(tmp_path)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert loaded.config.decay_init == [2, 64]
     for block in loaded.model.layers:
-        torch.testing.assert_close(block.attn.gate_proj.bias, expected)
+        torch.testing.assert_close(block.attn.gate_bias, expected)
 
 
 @pytest.mark.parametrize('bad', [dict(num_attention_heads=4), dict(num_attention_heads=3),

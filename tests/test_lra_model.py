@@ -66,9 +66,9 @@ def test_gate_lower_bounds_rise_with_depth_and_floor_the_decays():
         torch.testing.assert_close(b, torch.full((32,), depth / 4))
     assert 'gate_lower_bounds' in model.no_weight_decay()
     mixer = model.blocks[3].attn
-    x = torch.randn(2, 9, 64) * 50  # pre-activations far below 0 somewhere: a_raw ~ 0 there
-    raw = mixer.log_decay(x, mixer.gate_proj)
-    floored = mixer.log_decay(x, mixer.gate_proj, bounds[3])
+    pre = torch.randn(2, 9, 32) * 50  # gate pre-activations far below 0 somewhere: a_raw ~ 0 there
+    raw = mixer.log_decay(pre)
+    floored = mixer.log_decay(pre, bounds[3])
     assert raw.min() < torch.tensor(0.75).log() - 1
     torch.testing.assert_close(floored.exp(), 0.75 + 0.25 * raw.exp())
     ids = torch.randint(1, 20, (2, 30))
@@ -82,9 +82,9 @@ def test_decay_init_survives_the_model_init():
     """The classifier's weight init zeroes biases; the gate biases of decay_init are set after it (the mixer's own
     values, which test_models checks against the memory lengths)."""
     model = LRAClassifier(20, 10, 64, dim=64, depth=2, decay_init=(4, 4096))
-    expected = MetaLAMixer(64, 1, short_conv='1d', decay_init=(4, 4096)).gate_proj.bias
+    expected = MetaLAMixer(64, 1, short_conv='1d', decay_init=(4, 4096)).gate_bias
     for blk in model.blocks:
-        torch.testing.assert_close(blk.attn.gate_proj.bias, expected)
+        torch.testing.assert_close(blk.attn.gate_bias, expected)
 
 
 def test_layer_scale_reaches_every_block():

@@ -6,6 +6,7 @@ import pytest
 import safetensors.torch
 import timm
 import torch
+import torch.nn.functional as F
 from timm.optim import create_optimizer_v2
 
 import metala_vision  # noqa: F401  (registers the models)
@@ -191,7 +192,7 @@ def test_pretrained_from_our_own_files(tmp_path, monkeypatch):
     bigger = timm.create_model('metala_vit_t_p4_32', pos_embed=True, img_size=48, num_classes=3, pretrained=True,
                                pretrained_cfg_overlay=dict(file=str(pth)), **TINY)
     assert bigger.pos_embed.shape == (1, 144, 192) and bigger.head.out_features == 3
-    torch.testing.assert_close(bigger.blocks[1].attn.v_proj.weight, model.blocks[1].attn.v_proj.weight)
+    torch.testing.assert_close(bigger.blocks[1].attn.in_proj.weight, model.blocks[1].attn.in_proj.weight)
 
 
 def test_torch_compile_has_no_graph_break():
@@ -257,10 +258,31 @@ def test_short_conv_decoding_step_is_the_last_output():
         ShortConv(48, '1d', 3).last(window)
 
 
+@pytest.mark.parametrize('separate_bwd_gates', [False, True])
+def test_mixer_projections_as_released(separate_bwd_gates):
+    """project() is q = x Wq, log a = logsigmoid(x Wa + b) / gate_norm (b: decay_init), v = x Wv, out gate x Wg + b,
+    read off the one in-projection: each part has its own rows, and only the gates and the out gate a bias."""
+    torch.manual_seed(0)
+    mixer = MetaLAMixer(64, 2, short_conv='1d', separate_bwd_gates=separate_bwd_gates, decay_init=(2, 50))
+    with torch.no_grad():
+        mixer.out_gate_bias.normal_()
+        x = torch.randn(2, 5, 64)
+        q, g, g_bwd, v, out_gate = mixer.project(x)
+        rows = mixer.in_proj.weight.split(list(mixer.in_widths.values()))
+        gate_rows = rows[2].chunk(2 if separate_bwd_gates else 1)
+        gate_biases = mixer.gate_bias.chunk(len(gate_rows))
+        torch.testing.assert_close(q.flatten(2), x @ rows[0].T)
+        torch.testing.assert_close(v.flatten(2), x @ rows[1].T)
+        torch.testing.assert_close(out_gate, x @ rows[3].T + mixer.out_gate_bias)
+        for log_decay, w, b in zip((g, g_bwd), gate_rows, gate_biases):
+            torch.testing.assert_close(log_decay.flatten(2), F.logsigmoid(x @ w.T + b) / mixer.gate_norm)
+    assert (g_bwd is None) != separate_bwd_gates and q.shape == g.shape == (2, 5, 2, 16) and v.shape == (2, 5, 2, 32)
+
+
 def test_causal_mixer_ignores_the_future():
     torch.manual_seed(0)
     mixer = MetaLAMixer(64, 2, short_conv='causal', causal=True, separate_bwd_gates=True).eval()
-    assert mixer.gate_bwd_proj is None
+    assert mixer.in_widths['gate'] == 32  # one scan's gates
     x = torch.randn(1, 9, 64)
     x2 = x.clone()
     x2[:, 5:] = torch.randn(1, 4, 64)
@@ -274,16 +296,18 @@ def test_separate_backward_gates_change_the_output():
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         before = model(x)
-        model.blocks[0].attn.gate_bwd_proj.weight.mul_(5)
+        attn = model.blocks[0].attn
+        start = attn.in_widths['q'] + attn.in_widths['v'] + attn.in_widths['gate'] // 2  # the backward scan's
+        attn.in_proj.weight[start:start + attn.in_widths['gate'] // 2].mul_(5)
         assert not torch.allclose(before, model(x))
 
 
 def initial_memory_lengths(mixer):
     """-1 / log a of every gate channel at a zero input: [H * K] (and the backward scan's, if separate)."""
     x = torch.zeros(1, 1, mixer.num_heads * mixer.head_dim)
-    projs = [p for p in (mixer.gate_proj, mixer.gate_bwd_proj) if p is not None]
     with torch.no_grad():
-        return [(-1 / mixer.log_decay(x, p)).flatten().double() for p in projs]
+        _, g, g_bwd, _, _ = mixer.project(x)
+    return [(-1 / log_decay).flatten().double() for log_decay in (g, g_bwd) if log_decay is not None]
 
 
 def expected_memory_lengths(t_min, t_max, mixer):
@@ -300,7 +324,7 @@ def test_decay_init_spreads_the_initial_memory_lengths():
         for lengths in initial_memory_lengths(blk.attn):
             torch.testing.assert_close(lengths, expected_memory_lengths(2, 300, blk.attn), rtol=1e-5, atol=0)
     plain = MetaLAMixer(64, 2, short_conv='1d')
-    assert plain.gate_proj.bias is None
+    assert plain.gate_bias is None
     torch.testing.assert_close(initial_memory_lengths(plain)[0],
                                torch.full((32,), 16 / math.log(2), dtype=torch.float64))
     for bad in [(0, 10), (10, 2), (5,)]:

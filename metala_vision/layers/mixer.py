@@ -100,12 +100,13 @@ class MetaLAMixer(nn.Module):
         self.decay_init = None if decay_init is None else tuple(float(t) for t in decay_init)
         conv_size = conv_size or (4 if short_conv == 'causal' else 3)
         self.short_conv = ShortConv(dim, short_conv, conv_size)
-        self.q_proj = nn.Linear(dim, dim // 2, bias=False)
-        gate_bias = decay_init is not None
-        self.gate_proj = nn.Linear(dim, dim // 2, bias=gate_bias)
-        self.gate_bwd_proj = nn.Linear(dim, dim // 2, bias=gate_bias) if separate_bwd_gates and not causal else None
-        self.v_proj = nn.Linear(dim, dim, bias=False)
-        self.out_gate_proj = nn.Linear(dim, dim, bias=True)
+        # one in-projection for q, v, the gates and the output gate: one matmul (and one bf16 copy of the weight
+        # under autocast) instead of four, which is host time in eager training at 224 px
+        scans = 2 if separate_bwd_gates and not causal else 1
+        self.in_widths = dict(q=dim // 2, v=dim, gate=scans * dim // 2, out_gate=dim)
+        self.in_proj = nn.Linear(dim, sum(self.in_widths.values()), bias=False)
+        self.gate_bias = nn.Parameter(torch.zeros(scans * dim // 2)) if decay_init is not None else None
+        self.out_gate_bias = nn.Parameter(torch.zeros(dim))
         self.aug_weight = nn.Parameter(torch.zeros(num_heads, self.key_dim)) if self_aug else None
         self.norm_eps = norm_eps  # of the LayerNorm per head (no affine), fused into the readout
         self.out_proj = nn.Linear(dim, dim, bias=False)
@@ -114,34 +115,43 @@ class MetaLAMixer(nn.Module):
 
     def init_gate_bias(self, copy_=None):
         """Set the gate biases of decay_init (nothing without it): logsigmoid(b) / gate_norm = -1 / t for t
-        log-spaced over [t_min, t_max] in each head.  Models whose weight init zeroes biases call this after it
-        (copy_(param, value): their own copy, e.g. transformers' flag-aware one)."""
+        log-spaced over [t_min, t_max] in each head (of each scan).  Models whose weight init resets parameters
+        call this after it (copy_(param, value): their own copy, e.g. transformers' flag-aware one)."""
         if self.decay_init is None:
             return
         t_min, t_max = self.decay_init
         lengths = torch.logspace(math.log10(t_min), math.log10(t_max), self.key_dim, dtype=torch.float64)
-        bias = -torch.log(torch.expm1(self.gate_norm / lengths)).repeat(self.num_heads)  # softplus(-b) = norm / t
+        bias = -torch.log(torch.expm1(self.gate_norm / lengths))  # softplus(-b) = norm / t
         with torch.no_grad():
-            for proj in (self.gate_proj, self.gate_bwd_proj):
-                if proj is not None:
-                    (copy_ or torch.Tensor.copy_)(proj.bias, bias.to(proj.bias.dtype))
+            (copy_ or torch.Tensor.copy_)(self.gate_bias, bias.repeat(self.gate_bias.numel() // self.key_dim))
 
-    def log_decay(self, x, proj, lower_bound=None):
-        """log a = logsigmoid(x W) / gate_norm in fp32: [B, N, H, K].  With lower_bound b [H * K] in (0, 1) (HGRN's
-        forget-gate floor): log(b + (1 - b) a), so a >= b and the key k = 1 - a shrinks to (1 - b)(1 - a)."""
-        g = F.logsigmoid(proj(x).float()).div(self.gate_norm)
+    def in_bias(self):
+        """Bias of the in-projection [sum(in_widths)]: none on q and v (as released), the gate biases of
+        decay_init (none without), the output gate's."""
+        biased = self.out_gate_bias if self.gate_bias is None else torch.cat((self.gate_bias, self.out_gate_bias))
+        return F.pad(biased, (self.in_proj.out_features - biased.numel(), 0))
+
+    def log_decay(self, gate, lower_bound=None):
+        """Gate pre-activations [B, N, scans * H * K] -> log a = logsigmoid(.) / gate_norm in fp32 [B, N, scans, H, K].
+        With lower_bound b [H * K] in (0, 1) (HGRN's forget-gate floor): log(b + (1 - b) a), so a >= b and the key
+        k = 1 - a shrinks to (1 - b)(1 - a)."""
+        g = F.logsigmoid(gate.float()).div(self.gate_norm).unflatten(-1, (-1, self.num_heads, self.key_dim))
         if lower_bound is not None:
-            g = torch.logaddexp(lower_bound.log(), torch.log1p(-lower_bound) + g)
-        return g.unflatten(-1, (self.num_heads, self.key_dim))
+            b = lower_bound.view(self.num_heads, self.key_dim)
+            g = torch.logaddexp(b.log(), torch.log1p(-b) + g)
+        return g
 
     def project(self, x, lower_bound=None):
         """Short-convolved tokens [B, N, dim] -> q, log a, log a of the backward scan (or None): [B, N, H, K];
         v: [B, N, H, D]; output gate: [B, N, dim].  lower_bound: see log_decay (both scans)."""
-        q = self.q_proj(x).unflatten(-1, (self.num_heads, self.key_dim))
-        g = self.log_decay(x, self.gate_proj, lower_bound)
-        g_bwd = self.log_decay(x, self.gate_bwd_proj, lower_bound) if self.gate_bwd_proj is not None else None
-        v = self.v_proj(x).unflatten(-1, (self.num_heads, self.head_dim))
-        return q, g, g_bwd, v, self.out_gate_proj(x)
+        q, v, gate, out_gate = F.linear(x, self.in_proj.weight, self.in_bias()).split(
+            list(self.in_widths.values()), dim=-1)
+        log_decays = self.log_decay(gate, lower_bound)
+        g = log_decays[..., 0, :, :]
+        g_bwd = log_decays[..., 1, :, :] if log_decays.shape[-3] == 2 else None
+        # contiguous once here: the attention core and the readout would each copy (and save) a strided view
+        return (q.unflatten(-1, (self.num_heads, self.key_dim)).contiguous(), g, g_bwd,
+                v.unflatten(-1, (self.num_heads, self.head_dim)).contiguous(), out_gate.contiguous())
 
     def readout(self, o, q, g, v, out_gate):
         """Attention core output o [B, N, H, D] (q, g, v as from project) -> y [B, N, dim]: self-augmentation,

@@ -194,9 +194,10 @@ class MetaLAPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module):
         """transformers' defaults (normal(initializer_range) linears, convs and embeddings; unit norms), a zero
         self-augmentation weight, as in the released model, and the gate biases of decay_init (if set) after
-        the mixer's linears zeroed them (apply visits children first)."""
+        the mixer's linears were initialised (apply visits children first); a zero output-gate bias."""
         super()._init_weights(module)
         if isinstance(module, MetaLAMixer):
+            init.zeros_(module.out_gate_bias)
             if module.aug_weight is not None:
                 init.zeros_(module.aug_weight)
             module.init_gate_bias(init.copy_)
