@@ -113,7 +113,8 @@ def metala_readout(o, q, g, v, gate, aug_weight=None, eps=1e-5, backend='auto'):
     if o.dtype not in FLOAT_DTYPES:
         raise ValueError(f"o must be one of {FLOAT_DTYPES} for the Triton readout (float64: backend='torch'), "
                          f'got {o.dtype}')
+    from .chunk import token_rows
     from .readout import readout
     has_aug = aug_weight is not None
     w = aug_weight if has_aug else o.new_empty(0)
-    return readout(o.contiguous(), q.contiguous(), g.contiguous(), v.contiguous(), gate.contiguous(), w, eps, has_aug)
+    return readout(o.contiguous(), token_rows(q), g.contiguous(), token_rows(v), token_rows(gate), w, eps, has_aug)

@@ -46,16 +46,24 @@ def _store_chunk(ptr, x, t0, T, D: tl.constexpr, STRIDE_T: tl.constexpr, BT: tl.
 
 
 @triton.jit
+def _head(ptr, i_bh, T, H: tl.constexpr, D: tl.constexpr, STRIDE_T: tl.constexpr):
+    """ptr at token 0 of (batch, head) i_bh of [B, T, H, D] whose tokens are STRIDE_T apart (H * D: contiguous;
+    more: a view of a wider [B, T, C] row, as a split in-projection gives)."""
+    return ptr + ((i_bh // H).to(tl.int64) * T * STRIDE_T + (i_bh % H) * D)
+
+
+@triton.jit
 def _load_chunk_inputs(q, g, gb, v, t0, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                       BIDIR: tl.constexpr, SEP_GB: tl.constexpr):
-    """q, g, g_bwd (fp32; g_bwd is g unless SEP_GB) and v (its dtype) of the chunk at t0."""
-    qc = _load_chunk(q, t0, T, K, H * K, BT).to(tl.float32)
+                       BIDIR: tl.constexpr, SEP_GB: tl.constexpr, QS: tl.constexpr, VS: tl.constexpr):
+    """q, g, g_bwd (fp32; g_bwd is g unless SEP_GB) and v (its dtype) of the chunk at t0; q's and v's tokens are QS
+    and VS apart."""
+    qc = _load_chunk(q, t0, T, K, QS, BT).to(tl.float32)
     gc = _load_chunk(g, t0, T, K, H * K, BT).to(tl.float32)
     if BIDIR and SEP_GB:
         gbc = _load_chunk(gb, t0, T, K, H * K, BT).to(tl.float32)
     else:
         gbc = gc
-    return qc, gc, gbc, _load_chunk(v, t0, T, V, H * V, BT)
+    return qc, gc, gbc, _load_chunk(v, t0, T, V, VS, BT)
 
 
 @triton.jit
@@ -196,8 +204,9 @@ def _chunk_output(qc, gc, gbc, vc, s, r, BIDIR: tl.constexpr, BT: tl.constexpr, 
 
 @triton.jit
 def _chunk_term(x, g, y, t0, T, scale, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                REVERSE: tl.constexpr, X_IS_Q: tl.constexpr, PREC: tl.constexpr):
-    """The chunk at t0's own term of a scan's state, (x f)^T y [K, V] fp32, and the chunk's decay e^total [K]."""
+                REVERSE: tl.constexpr, X_IS_Q: tl.constexpr, PREC: tl.constexpr, XS: tl.constexpr, YS: tl.constexpr):
+    """The chunk at t0's own term of a scan's state, (x f)^T y [K, V] fp32, and the chunk's decay e^total [K]
+    (x's and y's tokens XS and YS apart)."""
     gc = _load_chunk(g, t0, T, K, H * K, BT).to(tl.float32)
     if REVERSE != X_IS_Q:  # R (values right to left) and dR (gradients left to right): backward-scan gates
         k, lam, qf, kf, decay = _backward_scan_gates(gc)
@@ -205,17 +214,18 @@ def _chunk_term(x, g, y, t0, T, scale, H: tl.constexpr, K: tl.constexpr, V: tl.c
         k, lam, qf, kf, decay = _forward_scan_gates(gc)
     DT = y.dtype.element_ty
     if X_IS_Q:
-        xf = _load_chunk(x, t0, T, K, H * K, BT).to(tl.float32) * qf
-        yc = (_load_chunk(y, t0, T, V, H * V, BT) * scale).to(DT)
+        xf = _load_chunk(x, t0, T, K, XS, BT).to(tl.float32) * qf
+        yc = (_load_chunk(y, t0, T, V, YS, BT) * scale).to(DT)
     else:
         xf = k * kf
-        yc = _load_chunk(y, t0, T, V, H * V, BT)
+        yc = _load_chunk(y, t0, T, V, YS, BT)
     return tl.dot(tl.trans(xf.to(DT)), yc, input_precision=PREC), decay
 
 
 @triton.jit
 def _state_over(x, g, y, first, count, T, scale, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                BT: tl.constexpr, REVERSE: tl.constexpr, X_IS_Q: tl.constexpr, PREC: tl.constexpr):
+                BT: tl.constexpr, REVERSE: tl.constexpr, X_IS_Q: tl.constexpr, PREC: tl.constexpr,
+                XS: tl.constexpr, YS: tl.constexpr):
     """The fp32 state [K, V] of a scan (as in _metala_states_kernel) after it passes `count` chunks from chunk
     `first` on (REVERSE: leftwards), starting from zero: the state entering the chunk after them."""
     s = tl.zeros([K, V], dtype=tl.float32)
@@ -224,7 +234,7 @@ def _state_over(x, g, y, first, count, T, scale, H: tl.constexpr, K: tl.constexp
             n = first - i
         else:
             n = first + i
-        term, decay = _chunk_term(x, g, y, n * BT, T, scale, H, K, V, BT, REVERSE, X_IS_Q, PREC)
+        term, decay = _chunk_term(x, g, y, n * BT, T, scale, H, K, V, BT, REVERSE, X_IS_Q, PREC, XS, YS)
         s = decay[:, None] * s + term
     return s
 
@@ -232,7 +242,8 @@ def _state_over(x, g, y, first, count, T, scale, H: tl.constexpr, K: tl.constexp
 @triton.jit
 def _metala_states_kernel(x, g, y, states, decays, T, scale, BH_STRIDE,
                           H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                          REVERSE: tl.constexpr, X_IS_Q: tl.constexpr, CARRY: tl.constexpr, PREC: tl.constexpr):
+                          REVERSE: tl.constexpr, X_IS_Q: tl.constexpr, CARRY: tl.constexpr, PREC: tl.constexpr,
+                          XS: tl.constexpr, YS: tl.constexpr):
     """Step 1: the fp32 state [K, V] entering every chunk n (in scan order, left to right or (REVERSE) right to
     left) at states + n K V: the sum over the chunks already passed of (x f)^T y, decayed by the chunks in
     between.  states points at direction d of [B*H, dirs, N, K, V], BH_STRIDE = dirs N K V; g: the gates of the
@@ -247,8 +258,7 @@ def _metala_states_kernel(x, g, y, states, decays, T, scale, BH_STRIDE,
     (Many (batch, head) pairs fill the GPU with the first; few, on long sequences, leave it idle but for N
     sequential steps, which the second splits.)"""
     i_bh = tl.program_id(1)
-    row0 = (i_bh // H * T * H + i_bh % H).to(tl.int64)
-    x, g, y = x + row0 * K, g + row0 * K, y + row0 * V
+    x, g, y = _head(x, i_bh, T, H, K, XS), _head(g, i_bh, T, H, K, H * K), _head(y, i_bh, T, H, V, YS)
     states = states + i_bh.to(tl.int64) * BH_STRIDE
     decays = decays + i_bh.to(tl.int64) * (BH_STRIDE // V)  # [B*H, dirs, N, K]: dirs N K apart
     NT = tl.cdiv(T, BT)
@@ -261,11 +271,11 @@ def _metala_states_kernel(x, g, y, states, decays, T, scale, BH_STRIDE,
             else:
                 n = i
             tl.store(states + n * K * V + offs, s)
-            term, decay = _chunk_term(x, g, y, n * BT, T, scale, H, K, V, BT, REVERSE, X_IS_Q, PREC)
+            term, decay = _chunk_term(x, g, y, n * BT, T, scale, H, K, V, BT, REVERSE, X_IS_Q, PREC, XS, YS)
             s = decay[:, None] * s + term
     else:
         n = tl.program_id(0)
-        term, decay = _chunk_term(x, g, y, n * BT, T, scale, H, K, V, BT, REVERSE, X_IS_Q, PREC)
+        term, decay = _chunk_term(x, g, y, n * BT, T, scale, H, K, V, BT, REVERSE, X_IS_Q, PREC, XS, YS)
         tl.store(states + n * K * V + offs, term)
         tl.store(decays + n * K + tl.arange(0, K), decay)
 
@@ -312,29 +322,30 @@ def _metala_combine_kernel(states, decays, NT, K: tl.constexpr, V: tl.constexpr,
 @triton.jit
 def _metala_out_kernel(q, g, gb, v, o, states, T, scale,
                        H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                       BIDIR: tl.constexpr, SEP_GB: tl.constexpr, RECOMPUTE: tl.constexpr, PREC: tl.constexpr):
+                       BIDIR: tl.constexpr, SEP_GB: tl.constexpr, RECOMPUTE: tl.constexpr, PREC: tl.constexpr,
+                       QS: tl.constexpr, VS: tl.constexpr):
     """Step 2 of the forward, one program per (chunk, batch, head): the chunk's outputs from the
     states entering it, states [B*H, 1 + BIDIR, N, K, V] (S, then R); with RECOMPUTE (few chunks) the program
     computes them from the other chunks instead, and there is no step 1."""
     n = tl.program_id(0)
     i_bh = tl.program_id(1)
-    row0 = (i_bh // H * T * H + i_bh % H).to(tl.int64)
-    q, g, gb, v, o = q + row0 * K, g + row0 * K, gb + row0 * K, v + row0 * V, o + row0 * V
+    q, v = _head(q, i_bh, T, H, K, QS), _head(v, i_bh, T, H, V, VS)
+    g, gb, o = _head(g, i_bh, T, H, K, H * K), _head(gb, i_bh, T, H, K, H * K), _head(o, i_bh, T, H, V, H * V)
     NT = tl.cdiv(T, BT)
     DIRS: tl.constexpr = 2 if BIDIR else 1
     states += (i_bh.to(tl.int64) * DIRS * NT + n) * K * V
     state_offs = tl.arange(0, K)[:, None] * V + tl.arange(0, V)[None, :]
     DT = v.dtype.element_ty
     t0 = n * BT
-    qc, gc, gbc, vc = _load_chunk_inputs(q, g, gb, v, t0, T, H, K, V, BT, BIDIR, SEP_GB)
+    qc, gc, gbc, vc = _load_chunk_inputs(q, g, gb, v, t0, T, H, K, V, BT, BIDIR, SEP_GB, QS, VS)
     if RECOMPUTE:
-        s = _state_over(q, g, v, 0, n, T, scale, H, K, V, BT, False, False, PREC)
+        s = _state_over(q, g, v, 0, n, T, scale, H, K, V, BT, False, False, PREC, QS, VS)
     else:
         s = tl.load(states + state_offs)
     if not BIDIR:
         r = s
     elif RECOMPUTE:
-        r = _state_over(q, gb, v, NT - 1, NT - 1 - n, T, scale, H, K, V, BT, True, False, PREC)
+        r = _state_over(q, gb, v, NT - 1, NT - 1 - n, T, scale, H, K, V, BT, True, False, PREC, QS, VS)
     else:
         r = tl.load(states + NT * K * V + state_offs)
     acc = _chunk_output(qc, gc, gbc, vc, s, r, BIDIR, BT, DT, PREC)
@@ -344,7 +355,8 @@ def _metala_out_kernel(q, g, gb, v, o, states, T, scale,
 @triton.jit
 def _metala_bwd_kernel(q, g, gb, v, do, dq, dg, dgb, dv, states, T, scale,
                        H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                       BIDIR: tl.constexpr, SEP_GB: tl.constexpr, RECOMPUTE: tl.constexpr, PREC: tl.constexpr):
+                       BIDIR: tl.constexpr, SEP_GB: tl.constexpr, RECOMPUTE: tl.constexpr, PREC: tl.constexpr,
+                       QS: tl.constexpr, VS: tl.constexpr):
     """Step 2 of the backward, one program per (chunk, batch, head), from the states around the chunk,
     states [B*H, 2 + 2 BIDIR, N, K, V] = S, dS, R, dR (see _metala_states_kernel; with RECOMPUTE the program
     computes them from the other chunks, as the output kernel does).  dq, dg, dgb, dv: in
@@ -355,9 +367,10 @@ def _metala_bwd_kernel(q, g, gb, v, do, dq, dg, dgb, dv, states, T, scale,
     sum_v R_n dR_{n+1} (backward scan), so no pass over the other chunks is needed."""
     n = tl.program_id(0)
     i_bh = tl.program_id(1)
-    row0 = (i_bh // H * T * H + i_bh % H).to(tl.int64)
-    q, g, gb, dq, dg, dgb = q + row0 * K, g + row0 * K, gb + row0 * K, dq + row0 * K, dg + row0 * K, dgb + row0 * K
-    v, do, dv = v + row0 * V, do + row0 * V, dv + row0 * V
+    q, v = _head(q, i_bh, T, H, K, QS), _head(v, i_bh, T, H, V, VS)
+    g, gb = _head(g, i_bh, T, H, K, H * K), _head(gb, i_bh, T, H, K, H * K)
+    dq, dg, dgb = _head(dq, i_bh, T, H, K, H * K), _head(dg, i_bh, T, H, K, H * K), _head(dgb, i_bh, T, H, K, H * K)
+    do, dv = _head(do, i_bh, T, H, V, H * V), _head(dv, i_bh, T, H, V, H * V)
     NT = tl.cdiv(T, BT)
     DIRS: tl.constexpr = 4 if BIDIR else 2
     states += i_bh.to(tl.int64) * DIRS * NT * K * V
@@ -368,14 +381,14 @@ def _metala_bwd_kernel(q, g, gb, v, do, dq, dg, dgb, dv, states, T, scale,
     DT = v.dtype.element_ty
     t0 = n * BT
 
-    qc, gc, gbc, vc = _load_chunk_inputs(q, g, gb, v, t0, T, H, K, V, BT, BIDIR, SEP_GB)
+    qc, gc, gbc, vc = _load_chunk_inputs(q, g, gb, v, t0, T, H, K, V, BT, BIDIR, SEP_GB, QS, VS)
     doc = (_load_chunk(do, t0, T, V, H * V, BT) * scale).to(DT)
     da = tl.dot(doc, tl.trans(vc), input_precision=PREC)
     diag = tl.sum(doc.to(tl.float32) * vc.to(tl.float32), axis=1)[:, None]  # dA_ii
 
     if RECOMPUTE:
-        s = _state_over(q, g, v, 0, n, T, scale, H, K, V, BT, False, False, PREC)
-        ds = _state_over(q, g, do, NT - 1, NT - 1 - n, T, scale, H, K, V, BT, True, True, PREC)
+        s = _state_over(q, g, v, 0, n, T, scale, H, K, V, BT, False, False, PREC, QS, VS)
+        ds = _state_over(q, g, do, NT - 1, NT - 1 - n, T, scale, H, K, V, BT, True, True, PREC, QS, H * V)
     else:
         s = tl.load(states + n * K * V + offs)
         ds = tl.load(states + (NT + n) * K * V + offs)
@@ -395,8 +408,8 @@ def _metala_bwd_kernel(q, g, gb, v, do, dq, dg, dgb, dv, states, T, scale,
     if BIDIR:
         kb, lam_b, qf_b, kf_b, decay_b = _backward_scan_gates(gbc)
         if RECOMPUTE:
-            r = _state_over(q, gb, v, NT - 1, NT - 1 - n, T, scale, H, K, V, BT, True, False, PREC)
-            dr = _state_over(q, gb, do, 0, n, T, scale, H, K, V, BT, False, True, PREC)
+            r = _state_over(q, gb, v, NT - 1, NT - 1 - n, T, scale, H, K, V, BT, True, False, PREC, QS, VS)
+            dr = _state_over(q, gb, do, 0, n, T, scale, H, K, V, BT, False, True, PREC, QS, H * V)
             dr_next = decay_b[:, None] * dr + tl.dot(tl.trans((qc * qf_b).to(DT)), doc, input_precision=PREC)
             dr_next = tl.where(has_next, dr_next, 0.)
         else:
@@ -432,7 +445,7 @@ FWD_CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 8) for 
 BWD_CONFIGS = [triton.Config({}, num_warps=8, num_stages=s) for s in (1, 2)]
 
 
-def _launcher(kernel, configs, key=('H', 'K', 'V', 'BT', 'BIDIR', 'SEP_GB', 'RECOMPUTE')):
+def _launcher(kernel, configs, key=('H', 'K', 'V', 'BT', 'BIDIR', 'SEP_GB', 'RECOMPUTE', 'QS', 'VS')):
     """kernel[grid](...) autotuned over configs on a GPU, once per compiled variant (T is left out of the
     key: the best launch depends on the chunk, not on the count of chunks).  The interpreter has no driver
     to tune with, and METALA_AUTOTUNE=0 (many short test shapes) skips the tuning compiles: both run the
@@ -445,7 +458,8 @@ def _launcher(kernel, configs, key=('H', 'K', 'V', 'BT', 'BIDIR', 'SEP_GB', 'REC
     return lambda grid, *args, **kw: tuned[grid](*args, **kw)
 
 
-_states = _launcher(_metala_states_kernel, FWD_CONFIGS, key=('H', 'K', 'V', 'BT', 'REVERSE', 'X_IS_Q', 'CARRY'))
+_states = _launcher(_metala_states_kernel, FWD_CONFIGS,
+                    key=('H', 'K', 'V', 'BT', 'REVERSE', 'X_IS_Q', 'CARRY', 'XS', 'YS'))
 _out = _launcher(_metala_out_kernel, FWD_CONFIGS)
 _bwd = _launcher(_metala_bwd_kernel, BWD_CONFIGS)
 
@@ -474,13 +488,14 @@ def _recompute_states(NT, BH, device):
 
 
 def _fill_states(states, q, scans, T, scale, shapes):
-    """Step 1 for the scans [(y, gates, REVERSE, X_IS_Q)], one a slot of states [B*H, dirs, N, K, V]."""
+    """Step 1 for the scans [(y, gates, REVERSE, X_IS_Q)], one a slot of states [B*H, dirs, N, K, V] (q and
+    each y in token rows, see token_rows)."""
     BH, dirs, NT, K, V = states.shape
     carry = NT < COMBINE_MIN_CHUNKS or BH >= CARRY_PROGRAMS_PER_SM * _sm_count(q.device)
     decays = states if carry else states.new_empty(BH, dirs, NT, K)  # unused when carrying
     for slot, (y, gates, reverse, x_is_q) in enumerate(scans):
         _states((1 if carry else NT, BH), q, gates, y, states[:, slot], decays[:, slot], T, scale, states.stride(0),
-                REVERSE=reverse, X_IS_Q=x_is_q, CARRY=carry, **shapes)
+                REVERSE=reverse, X_IS_Q=x_is_q, CARRY=carry, XS=q.stride(1), YS=y.stride(1), **shapes)
     if not carry:
         reversed_slots = sum(int(reverse) << slot for slot, (_, _, reverse, _) in enumerate(scans))
         _metala_combine_kernel[(triton.cdiv(K * V, COMBINE_BLOCK), BH * dirs)](
@@ -490,12 +505,13 @@ def _fill_states(states, q, scans, T, scale, shapes):
 
 def _chunk_fwd(q: torch.Tensor, g: torch.Tensor, gb: torch.Tensor, v: torch.Tensor, scale: float, causal: bool,
                sep: bool) -> torch.Tensor:
-    """q, g, gb: [B, T, H, K]; v: [B, T, H, V] (contiguous; gb is g unless sep) -> o: [B, T, H, V]."""
+    """q, g, gb: [B, T, H, K]; v: [B, T, H, V] (g, gb contiguous, gb is g unless sep; q, v in token rows, see
+    token_rows) -> o: [B, T, H, V], contiguous."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     BT = _chunk_len(T, K, V)
     NT = triton.cdiv(T, BT)
-    o = torch.empty_like(v)
+    o = v.new_empty(v.shape)
     recompute = _recompute_states(NT, B * H, v.device)
     shapes = dict(H=H, K=K, V=V, BT=BT, PREC=_precision(v))
     # S, R entering each chunk
@@ -503,7 +519,8 @@ def _chunk_fwd(q: torch.Tensor, g: torch.Tensor, gb: torch.Tensor, v: torch.Tens
     if not recompute:
         scans = [(v, g, False, False)] + ([] if causal else [(v, gb, True, False)])  # (y, gates, REVERSE, X_IS_Q)
         _fill_states(states, q, scans, T, scale, shapes)
-    _out((NT, B * H), q, g, gb, v, o, states, T, scale, BIDIR=not causal, SEP_GB=sep, RECOMPUTE=recompute, **shapes)
+    _out((NT, B * H), q, g, gb, v, o, states, T, scale, BIDIR=not causal, SEP_GB=sep, RECOMPUTE=recompute,
+         QS=q.stride(1), VS=v.stride(1), **shapes)
     return o
 
 
@@ -513,8 +530,8 @@ def _chunk_bwd(q: torch.Tensor, g: torch.Tensor, gb: torch.Tensor, v: torch.Tens
     grads go to dg).  Each program computes its chunk's gradients whole in fp32 and stores them once."""
     B, T, H, K = q.shape
     V = v.shape[-1]
-    dq, dg, dv = torch.empty_like(q), torch.empty_like(g), torch.empty_like(v)
-    dgb = torch.empty_like(gb) if sep else g.new_empty(0)
+    dq, dg, dv = q.new_empty(q.shape), g.new_empty(g.shape), v.new_empty(v.shape)  # contiguous
+    dgb = gb.new_empty(gb.shape) if sep else g.new_empty(0)
     do = do.contiguous()
     BT = _chunk_len(T, K, V)
     NT = triton.cdiv(T, BT)
@@ -527,7 +544,7 @@ def _chunk_bwd(q: torch.Tensor, g: torch.Tensor, gb: torch.Tensor, v: torch.Tens
             scans += [(v, gb, True, False), (do, gb, False, True)]  # R, dR
         _fill_states(states, q, scans, T, scale, shapes)
     _bwd((NT, B * H), q, g, gb, v, do, dq, dg, dgb if sep else dg, dv, states, T, scale, BIDIR=not causal,
-         SEP_GB=sep, RECOMPUTE=recompute, **shapes)
+         SEP_GB=sep, RECOMPUTE=recompute, QS=q.stride(1), VS=v.stride(1), **shapes)
     return dq, dg, dgb, dv
 
 
@@ -536,12 +553,12 @@ def _precision(v):
 
 
 def _chunk_fwd_fake(q, g, gb, v, scale, causal, sep):
-    return torch.empty_like(v)
+    return v.new_empty(v.shape)
 
 
 def _chunk_bwd_fake(q, g, gb, v, do, scale, causal, sep):
-    return torch.empty_like(q), torch.empty_like(g), torch.empty_like(gb) if sep else g.new_empty(0), \
-        torch.empty_like(v)
+    return q.new_empty(q.shape), g.new_empty(g.shape), gb.new_empty(gb.shape) if sep else g.new_empty(0), \
+        v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output):
@@ -559,9 +576,19 @@ _chunk = kernel_op('metala_kernels::chunk', _chunk_fwd, _chunk_bwd, _chunk_fwd_f
                    _input_grads)
 
 
+def token_rows(x):
+    """x [B, T, H, D] as the kernels read it, without a copy where it already is: each token's H * D values side by
+    side in one row, rows x.stride(1) apart and batches T rows apart (contiguous, or a view of a wider [B, T, C]
+    such as a split in-projection gives); a copy (contiguous) otherwise."""
+    B, T, H, D = x.shape
+    rows = x.stride(3) == 1 and (H == 1 or x.stride(2) == D) and x.stride(1) >= H * D \
+        and (B == 1 or x.stride(0) == T * x.stride(1))
+    return x if rows else x.contiguous()
+
+
 def chunk_metala(q, g, v, g_bwd=None, scale=1.0, causal=False):
     """Triton MetaLA attention core (no mask, no self-augmentation): scale * sum_j (q_i . k_j D_ij) v_j.
     Under torch.compile a custom op (metala_kernels::chunk_fwd) that the compiler keeps whole."""
     sep = g_bwd is not None and not causal
-    q, g, v = q.contiguous(), g.contiguous(), v.contiguous()
+    q, g, v = token_rows(q), g.contiguous(), token_rows(v)
     return _chunk(q, g, g_bwd.contiguous() if sep else g, v, float(scale), causal, sep)

@@ -219,6 +219,31 @@ def test_non_contiguous_inputs(backend):
     assert rel_err(metala_attn(q, g, v, backend=backend), ref) < TOL[torch.float32]
 
 
+
+@pytest.mark.parametrize('states', ['recomputed', 'carried'])
+@pytest.mark.parametrize('causal', [False, True])
+def test_token_row_views_are_read_in_place(causal, states, monkeypatch):
+    """q and v as views of one wider [B, T, C] row per token (a split in-projection): the Triton kernels read them
+    without a copy (token_rows) and match the float64 oracle, gradients included; other layouts are copied."""
+    from metala_kernels import chunk
+    monkeypatch.setattr(chunk, 'RECOMPUTE_MAX_CHUNKS', 4 if states == 'recomputed' else 0)
+    monkeypatch.setattr(chunk, 'RECOMPUTE_PROGRAMS_PER_SM', 10 ** 9)
+    B, T, H, K, V = 2, 197, 2, 16, 32
+    x, _ = make_inputs(B, T, H, K, V, seed=3)
+    do = torch.randn(B, T, H, V, dtype=torch.float64)
+    rows = torch.cat([x['q'].flatten(2), x['v'].flatten(2), torch.randn(B, T, 8, dtype=torch.float64)], -1)
+    rows = rows.float().to(DEVICE).requires_grad_()
+    g = x['g'].float().to(DEVICE).requires_grad_()
+    q, v = rows[..., :H * K].unflatten(-1, (H, K)), rows[..., H * K:H * (K + V)].unflatten(-1, (H, V))
+    assert chunk.token_rows(q) is q and chunk.token_rows(v) is v
+    assert chunk.token_rows(q.transpose(0, 1).contiguous().transpose(0, 1)) is not q
+    o = metala_attn(q, g, v, causal=causal, backend='triton')
+    o.backward(do.to(DEVICE, o.dtype))
+    out = dict(o=o, dq=rows.grad[..., :H * K].unflatten(-1, (H, K)), dg=g.grad,
+               dv=rows.grad[..., H * K:H * (K + V)].unflatten(-1, (H, V)))
+    assert_close(out, oracle(x, None, do, causal), TOL[torch.float32])
+    assert (rows.grad[..., H * (K + V):] == 0).all()
+
 @pytest.mark.parametrize('backend', BACKENDS)
 @pytest.mark.parametrize('causal', [False, True])
 def test_torch_compile_fullgraph(backend, causal):
@@ -268,6 +293,29 @@ def test_readout_matches_float64(backend, aug, K, V):
     assert set(out) == set(ref) == {'y', 'do', 'dgate'} | ({'dq', 'dg', 'dv', 'dw'} if aug else set())
     assert_close(out, ref, 1e-5)
 
+
+
+def test_readout_reads_token_row_views():
+    """q, v and gate as views of one [B, T, C] row per token: the fused readout (Triton) equals the PyTorch path on
+    contiguous copies, gradients included."""
+    gen = torch.Generator().manual_seed(5)
+    B, T, H, K, V = 2, 37, 3, 16, 32
+    o, g = torch.randn(B, T, H, V, generator=gen), -torch.rand(B, T, H, K, generator=gen) * 3
+    rows = torch.randn(B, T, H * (K + 2 * V) + 4, generator=gen)
+    w, dy = torch.randn(H, K, generator=gen), torch.randn(B, T, H, V, generator=gen)
+
+    def grads(backend, copy):
+        leaves = [t.to(DEVICE, copy=True).requires_grad_() for t in (o, g, rows, w)]
+        lo, lg, lrows, lw = leaves
+        q, v, gate = (lrows[..., a:b].unflatten(-1, (H, -1)) for a, b in
+                      ((0, H * K), (H * K, H * (K + V)), (H * (K + V), H * (K + 2 * V))))
+        if copy:
+            q, v, gate = q.contiguous(), v.contiguous(), gate.contiguous()
+        y = metala_readout(lo, q, lg, v, gate, lw, backend=backend)
+        y.backward(dy.to(DEVICE))
+        return {'y': y, **{name: t.grad for name, t in zip(('do', 'dg', 'drows', 'dw'), leaves)}}
+
+    assert_close(grads('triton', copy=False), grads('torch', copy=True), 1e-5)
 
 def test_readout_bad_shapes_are_named():
     o, q = torch.randn(1, 4, 2, 32), torch.randn(1, 4, 2, 16)

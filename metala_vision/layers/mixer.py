@@ -149,9 +149,10 @@ class MetaLAMixer(nn.Module):
         log_decays = self.log_decay(gate, lower_bound)
         g = log_decays[..., 0, :, :]
         g_bwd = log_decays[..., 1, :, :] if log_decays.shape[-3] == 2 else None
-        # contiguous once here: the attention core and the readout would each copy (and save) a strided view
-        return (q.unflatten(-1, (self.num_heads, self.key_dim)).contiguous(), g, g_bwd,
-                v.unflatten(-1, (self.num_heads, self.head_dim)).contiguous(), out_gate.contiguous())
+        # q, v and the output gate stay views of the in-projection's rows: the Triton kernels read them in place
+        # (metala_kernels.chunk.token_rows)
+        q, v = q.unflatten(-1, (self.num_heads, self.key_dim)), v.unflatten(-1, (self.num_heads, self.head_dim))
+        return q, g, g_bwd, v, out_gate
 
     def readout(self, o, q, g, v, out_gate):
         """Attention core output o [B, N, H, D] (q, g, v as from project) -> y [B, N, dim]: self-augmentation,
