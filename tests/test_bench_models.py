@@ -39,3 +39,12 @@ def test_writes_the_table_json_and_plot(tmp_path):
         bench_models.PAIRS['t'])
     subprocess.run([sys.executable, str(SCRIPT), '--plot-only', '--out', str(out)], check=True, capture_output=True)
     assert out.with_suffix('.png').stat().st_size > 0
+
+
+def test_gflops_count_deits_attention():
+    """DeiT-T's count includes its attention products, 2 * 2 * T^2 * D a block (T = 197 tokens, D = 192), beside
+    the linears' 2 * 12 * D^2 a token a block and the patch embedding."""
+    T, D, depth = 197, 192, 12
+    linears = depth * T * 2 * 12 * D * D + 196 * 2 * 3 * 16 * 16 * D + 2 * D * 1000
+    attention = depth * 2 * 2 * T * T * D
+    assert abs(bench_models.gflops_at_224('deit_tiny_patch16_224') * 1e9 / (linears + attention) - 1) < 1e-3
