@@ -8,6 +8,7 @@ on the CPU (our operator counted through its PyTorch path).
 Writes benchmarks/models.md and models.json beside it; --plot-only redraws models.png from the JSON (matplotlib).
 
     python scripts/bench_models.py [--res 224 512 1024] [--pairs t s b] [--out benchmarks/models.md]
+                                   [--compile [default | reduce-overhead | max-autotune-no-cudagraphs]]
 
 --device cpu runs the same steps on the CPU (no memory figures): a check of the script, not a benchmark.
 """
@@ -30,6 +31,7 @@ import metala_vision  # noqa: F401  (registers the metala_vit models)
 PAIRS = {'t': ('metala_vit_t', 'deit_tiny_patch16_224'), 's': ('metala_vit_s', 'deit_small_patch16_224'),
          'b': ('metala_vit_b', 'deit_base_patch16_224')}
 INFER_BATCH, TRAIN_BATCH = 256, 128
+COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune-no-cudagraphs')
 WARMUP_STEPS, TIMINGS = 10, 5  # each img/s: the median of TIMINGS rounds of --iters steps, after the warm-up
 
 
@@ -59,14 +61,14 @@ class Bench:
     other model of a pair may sit on the GPU meanwhile), with only that step's inputs allocated.  seconds() times
     it."""
 
-    def __init__(self, name, res, device, batches=(INFER_BATCH, TRAIN_BATCH), compile_model=False):
+    def __init__(self, name, res, device, batches=(INFER_BATCH, TRAIN_BATCH), compile_mode=None):
         base = torch.cuda.memory_allocated() if device == 'cuda' else 0
         self.device = device
         self.model = create(name, res).to(device)
-        if compile_model:
-            self.model = torch.compile(self.model)
+        if compile_mode:
+            self.model = torch.compile(self.model, mode=None if compile_mode == 'default' else compile_mode)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=device == 'cuda')
-        self.row = dict(model=name, res=res, compiled=compile_model, infer_batch=batch_at(batches[0], res),
+        self.row = dict(model=name, res=res, compiled=compile_mode or False, infer_batch=batch_at(batches[0], res),
                         train_batch=batch_at(batches[1], res))
         for kind in ('infer', 'train'):
             self.inputs = {kind: self.batch(kind)}
@@ -118,11 +120,11 @@ class Bench:
         return (torch.cuda.max_memory_allocated() - base) / 2 ** 30
 
 
-def measure_pair(names, res, iters, device, batches=(INFER_BATCH, TRAIN_BATCH), compile_model=False):
+def measure_pair(names, res, iters, device, batches=(INFER_BATCH, TRAIN_BATCH), compile_mode=None):
     """Rows (img/s, peak GiB) of the models of a pair at res px.  Their timings take turns, TIMINGS rounds of iters
     steps each, inference rounds then training rounds, so that a slow stretch of the host or GPU lands on both models;
     img/s is the median over the rounds."""
-    benches = [Bench(name, res, device, batches, compile_model) for name in names]
+    benches = [Bench(name, res, device, batches, compile_mode) for name in names]
     for kind in ('infer', 'train'):
         seconds = [[] for _ in benches]
         for _ in range(TIMINGS):
@@ -133,11 +135,18 @@ def measure_pair(names, res, iters, device, batches=(INFER_BATCH, TRAIN_BATCH), 
     return [bench.row for bench in benches]
 
 
+def compiled_as(mode):
+    """The table's words for how the models ran: mode is False (eager), True (older tables) or a mode."""
+    if not mode:
+        return 'eager (no torch.compile)'
+    return 'torch.compile' if mode in (True, 'default') else f"torch.compile(mode='{mode}')"
+
+
 def write_markdown(result, path):
     rows = {(r['model'], r['res']): r for r in result['rows']}
     lines = [f"# MetaLA-ViT vs DeiT: throughput and memory ({result['date']})", '',
              f"{result['device']}; torch {result['torch']}, triton {result['triton']}, timm {result['timm']}; "
-             f"bf16 autocast; {'torch.compile' if result.get('compiled') else 'eager (no torch.compile)'} for both; "
+             f"bf16 autocast; {compiled_as(result.get('compiled'))} for both; "
              'fused AdamW for training. '
              f'The two models of a pair take turns, {TIMINGS} rounds of --iters steps each after {WARMUP_STEPS} '
              'warm-up steps; img/s is the median round. Peak memory of one step above what was allocated before the '
@@ -194,7 +203,9 @@ def main():
     parser.add_argument('--iters', type=int, default=10)
     parser.add_argument('--batch', type=int, nargs=2, default=[INFER_BATCH, TRAIN_BATCH], metavar=('INFER', 'TRAIN'),
                         help='batches at 224 px (default: %(default)s); they shrink with the token count above')
-    parser.add_argument('--compile', action='store_true', help='torch.compile both models of each pair')
+    parser.add_argument('--compile', nargs='?', const='default', choices=COMPILE_MODES, default=None, metavar='MODE',
+                        help="torch.compile both models of each pair, in a mode of %(choices)s ('reduce-overhead': "
+                             'CUDA graphs, no host time between kernels)')
     parser.add_argument('--out', default='benchmarks/models.md', help='the table; .json and .png beside it')
     parser.add_argument('--plot-only', action='store_true', help='redraw models.png from models.json')
     parser.add_argument('--device', default='cuda', choices=['cuda', 'cpu'],
