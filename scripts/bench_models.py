@@ -136,10 +136,10 @@ def measure_pair(names, res, iters, device, batches=(INFER_BATCH, TRAIN_BATCH), 
 
 
 def compiled_as(mode):
-    """The table's words for how the models ran: mode is False (eager), True (older tables) or a mode."""
-    if not mode:
+    """The table's words for how the models ran: mode None (eager) or one of COMPILE_MODES."""
+    if mode is None:
         return 'eager (no torch.compile)'
-    return 'torch.compile' if mode in (True, 'default') else f"torch.compile(mode='{mode}')"
+    return 'torch.compile' if mode == 'default' else f"torch.compile(mode='{mode}')"
 
 
 def write_markdown(result, path):

@@ -78,6 +78,7 @@ def test_gate_lower_bounds_rise_with_depth_and_floor_the_decays():
     assert torch.isfinite(grad).all() and grad[1:].abs().sum() > 0
     assert _model().gate_lower_bounds is None and _model().lower_bounds() == [None, None]
 
+
 def test_decay_init_survives_the_model_init():
     """The classifier's weight init zeroes biases; the gate biases of decay_init are set after it (the mixer's own
     values, which test_models checks against the memory lengths)."""
