@@ -472,10 +472,14 @@ COMBINE_BLOCK, COMBINE_CHUNKS = 256, 16
 # Without step 1 (RECOMPUTE), each program of step 2 computes the states around its chunk from the other chunks: one
 # launch a forward and one a backward instead of 3 and 5, for more work on the GPU.  Worth it where the launches'
 # host time exceeds the kernels' time: sequences of at most RECOMPUTE_MAX_CHUNKS chunks, at most
-# RECOMPUTE_PROGRAMS_PER_SM (chunk, batch, head) programs per SM.  Measured on an H200 at T 197, H 6, K 32 / V 64
-# (benchmarks/ops.md, three calls): fwd+bwd 0.36-0.64 vs 1.03-1.31 ms at B 1, 0.61-0.72 vs 1.10-1.47 at B 64,
-# 1.08-1.18 vs 1.11-1.38 at B 128 (24 programs per SM), 2.10-2.28 vs 1.53-1.72 at B 256 (47 per SM).
-RECOMPUTE_MAX_CHUNKS, RECOMPUTE_PROGRAMS_PER_SM = 4, 32
+# RECOMPUTE_PROGRAMS_PER_SM (chunk, batch, head) programs per SM.  Measured on an H200 at T 197, H 6, K 32 / V 64,
+# the kernels' fwd + bwd, recomputed vs stored states (benchmarks/NOTES.md, session 11): 0.28 vs 0.54 ms at B 32
+# (5.8 programs per SM; stored is bound by its launches there), 0.41 vs 0.46 at B 48 (8.7), 0.54 vs 0.49 at B 64
+# (11.6), 0.79 vs 0.65 at B 96 (17.5), 1.05 vs 0.78 at B 128 (23.3).  Whole-op calls from Python stay bound by
+# the host up to B 128, where recomputing wins; a model under CUDA graphs does not wait on the host: there
+# metala_vit_s trained 14% faster at B 128 with 16 than with 32 (4,952 vs 4,327 img/s); eager, the two were within
+# the host's noise.
+RECOMPUTE_MAX_CHUNKS, RECOMPUTE_PROGRAMS_PER_SM = 4, 16
 
 
 @functools.cache
