@@ -19,6 +19,14 @@ weight-decay / layer-decay parameter groups); `model_ema` is refused there. (DDP
 (`aug_repeats`) uses timm's RepeatAugSampler across processes and is switched off (with a warning) for a single
 process, as in DeiT.
 
+torch.compile: `torchcompile: inductor` (timm's --torchcompile, as a setting) compiles the model in place before
+accelerate wraps it, so the weights keep their names in checkpoints and exports, and a run may resume with or
+without it; `torchcompile_mode: reduce-overhead` adds CUDA graphs. A training step of metala_vit_s at batch 128 on
+an H200 (scripts/bench_models.py, bf16) ran at 3,962 img/s compiled and 4,952 with CUDA graphs, against 2,500-3,400
+eager. (Run on an H200 with inductor, default and reduce-overhead, through an epoch of the digits with validation
+and export; tested on the CPU with aot_eager.) accelerate's own dynamo option (`--dynamo_backend`) is refused: it
+would rename the weights.
+
 Outputs in --output: `log.jsonl` (one JSON object per line: 'train' every log_interval updates, 'epoch' with
 validation top-1/top-5/loss, img/s and peak CUDA memory, 'resume'), `config.yaml` (the resolved settings),
 `checkpoints/checkpoint-<update>/` (accelerator.save_state: model, optimizer, scheduler, EMA, scaler, RNG states,
@@ -58,7 +66,7 @@ import torch
 import yaml
 from accelerate import Accelerator, DistributedType
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import DynamoBackend, ProjectConfiguration, set_seed
 from timm.data import Mixup, create_dataset, create_transform, resolve_data_config
 from timm.data.distributed_sampler import RepeatAugSampler
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
@@ -95,6 +103,8 @@ DEFAULTS = dict(
     drop=None,  # head dropout (drop_rate); null = the model's default
     drop_path=0.1,
     grad_checkpointing=False,
+    torchcompile=None,  # torch.compile backend ('inductor'), applied in place before accelerate wraps the model
+    torchcompile_mode=None,  # its mode: null (default), 'reduce-overhead' (CUDA graphs), 'max-autotune', ...
     # input pipeline (null = the model's pretrained_cfg)
     interpolation=None,  # evaluation resize
     train_interpolation='bicubic',
@@ -163,7 +173,8 @@ DEFAULTS = dict(
 TYPES = dict(data_dir=str, pretrained_file=str, num_classes=int, img_size=int, drop=float, interpolation=str,
              mean=list, std=list, crop_pct=float, val_batch_size=int, lr=float, opt_betas=list, layer_decay=float,
              clip_grad=float, cutmix_minmax=list, mixed_precision=str, output=str, stop_after_updates=int,
-             log_with=(str, list))
+             log_with=(str, list), torchcompile=str, torchcompile_mode=str)
+COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
 _POSITIVE = ('prefetch_factor', 'batch_size', 'val_batch_size', 'grad_accum_steps', 'epochs', 'lr_base_size',
              'log_interval', 'stop_after_updates', 'num_classes', 'img_size')
 _NON_NEGATIVE = ('workers', 'checkpoint_interval', 'keep_checkpoints', 'aug_repeats', 'warmup_epochs',
@@ -197,6 +208,13 @@ def resolve_config(args) -> dict:
         raise UsageError('set the resolution with img_size, not model_kwargs.img_size (the input pipeline reads it)')
     if mixup_active(cfg) and cfg['batch_size'] % 2:
         raise UsageError(f"mixup/cutmix need an even batch_size, got {cfg['batch_size']}")
+    if cfg['torchcompile'] and cfg['torchcompile'] not in torch._dynamo.list_backends(exclude_tags=()):
+        raise UsageError(f"torchcompile must be a torch.compile backend of {torch._dynamo.list_backends()}, "
+                         f"got {cfg['torchcompile']!r}")
+    if cfg['torchcompile_mode'] is not None and (not cfg['torchcompile'] or cfg['torchcompile_mode'] not in
+                                                 COMPILE_MODES):
+        raise UsageError(f"torchcompile_mode must be one of {COMPILE_MODES} with a torchcompile backend set, got "
+                         f"{cfg['torchcompile_mode']!r} (torchcompile {cfg['torchcompile']!r})")
     return cfg
 
 
@@ -261,6 +279,12 @@ def train(cfg, classes, checkpoints, resume_from, cpu=False) -> int:
                                                                       logging_dir=str(output / 'trackers')))
     if cfg['model_ema'] and accelerator.distributed_type == DistributedType.FSDP:
         raise UsageError('model_ema is not supported with FSDP (the EMA copy would be unsharded); use DDP')
+    if cfg['torchcompile'] and accelerator.distributed_type == DistributedType.FSDP:
+        raise UsageError('torchcompile is not supported with FSDP here (not tested); use DDP or leave it null')
+    if accelerator.state.dynamo_plugin.backend != DynamoBackend.NO:
+        raise UsageError(f"accelerate's dynamo backend ({accelerator.state.dynamo_plugin.backend.value}) would rename "
+                         "the weights (_orig_mod.*) in checkpoints and exports; launch without it and set "
+                         "torchcompile=<backend> instead, which compiles the model in place")
     if cfg['data_dir'] is None:
         with accelerator.main_process_first():
             cfg['data_dir'] = str(write_digits(output / 'digits32'))
@@ -384,6 +408,9 @@ def build_run(cfg, accelerator, datasets, sampler, batches_per_epoch, classes, c
     # the EMA copies the plain model (before accelerate wraps or patches it), on the training device
     ema = ModelEmaV3(model, decay=cfg['model_ema_decay'], use_warmup=cfg['model_ema_warmup'],
                      device=accelerator.device) if cfg['model_ema'] else None
+    if cfg['torchcompile']:  # in place: the weights keep their names in checkpoints, the EMA and the exports
+        model.compile(backend=cfg['torchcompile'], mode=cfg['torchcompile_mode'])
+        _logger.info(f"model compiled in place: backend {cfg['torchcompile']}, mode {cfg['torchcompile_mode']}")
     model, optimizer, val_loader = accelerator.prepare(model, optimizer, val_loader)
     return Run(cfg=cfg, accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler, ema=ema,
                mixup=mixup, loss_fn=loss_fn, train_loader=train_loader, loader_generator=loader_generator,

@@ -37,8 +37,8 @@ train_script = load_script('train_imagenet')
 validate_script = load_script('validate')
 
 
-def _run(command, timeout=600):
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
+def _run(command, timeout=600, **env_vars):
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1', **env_vars)
     proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f'{command}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}'
     return proc
@@ -172,6 +172,10 @@ def test_bad_input_fails_before_any_model_work(tiny_data, tmp_path, monkeypatch,
     runs += [([f'--data-dir={tiny_data}', 'model=metala_vit_xxl'], "unknown model 'metala_vit_xxl'"),
              ([f'--data-dir={tiny_data}', 'lrr=1e-3'], "unknown config key 'lrr' (did you mean 'lr'?)"),
              ([f'--data-dir={tiny_data}', 'epochs=0'], 'epochs must be positive'),
+             ([f'--data-dir={tiny_data}', 'torchcompile=inductr'], "torch.compile backend of"),
+             ([f'--data-dir={tiny_data}', 'torchcompile_mode=reduce-overhead'], 'with a torchcompile backend set'),
+             ([f'--data-dir={tiny_data}', 'torchcompile=inductor', 'torchcompile_mode=fast'],
+              "torchcompile_mode must be one of"),
              ([f'--data-dir={tiny_data}', '--config', str(tmp_path / 'nope.yaml')], 'config file not found')]
     for argv, message in runs:
         assert train_script.main(['--config', DEBUG_CONFIG, '--output', str(tmp_path / 'out'), *argv]) == 2, argv
@@ -240,3 +244,18 @@ def test_train_resume_exactly_and_validate(tiny_data, tmp_path, capsys):
                               num_heads=2, patch_size=8,
                               pretrained_cfg_overlay=dict(file=str(full / 'model.safetensors'), num_classes=10))
     assert all(torch.equal(v, final_full[k]) for k, v in model.state_dict().items())
+
+
+def test_torchcompile_in_place_and_resume_without_it(tiny_data, tmp_path):
+    """torchcompile compiles the model in place (dynamo traces its forward): the checkpoint it writes resumes in an
+    eager run, and the exported weights have the plain model's names."""
+    out = tmp_path / 'compiled'
+    proc = _run(_train_command(out, tiny_data, 'epochs=1', 'model_ema=false', 'torchcompile=aot_eager',
+                               f'stop_after_updates={STOP_AFTER}'), TORCH_LOGS='dynamo')
+    assert 'model compiled in place: backend aot_eager' in proc.stderr
+    assert re.search(r'torchdynamo start tracing forward .*metala_vit\.py', proc.stderr), proc.stderr[-3000:]
+    _run(_train_command(out, tiny_data, 'epochs=1', 'model_ema=false', '--resume', 'auto'))
+    records = read_jsonl(out / 'log.jsonl')
+    assert [r['update'] for r in records if r['event'] == 'train'] == list(range(1, UPDATES_PER_EPOCH + 1))
+    plain = timm.create_model('metala_vit_t_p4_32', num_classes=10, depth=2, embed_dim=64, num_heads=2, patch_size=8)
+    assert load_file(out / 'model.safetensors').keys() == plain.state_dict().keys()
