@@ -180,6 +180,12 @@ def test_bad_input_fails_before_any_model_work(tiny_data, tmp_path, monkeypatch,
     for argv, message in runs:
         assert train_script.main(['--config', DEBUG_CONFIG, '--output', str(tmp_path / 'out'), *argv]) == 2, argv
         assert message in capsys.readouterr().err, (argv, message)
+    # accelerate's dynamo setting, as `accelerate launch --dynamo_backend inductor` passes it (a subprocess: accelerate
+    # keeps its first state for the whole process)
+    proc = subprocess.run([sys.executable, str(REPO / 'scripts/train_imagenet.py'), '--config', DEBUG_CONFIG, '--cpu',
+                           '--output', str(tmp_path / 'out'), f'--data-dir={tiny_data}'], capture_output=True,
+                          text=True, env=dict(os.environ, ACCELERATE_DYNAMO_BACKEND='inductor'), timeout=300)
+    assert proc.returncode == 2 and "accelerate's dynamo backend (INDUCTOR) would rename the weights" in proc.stderr
     checkpoint = tmp_path / 'model.safetensors'
     assert validate_script.main(['--checkpoint', str(checkpoint), '--data-dir', str(tiny_data)]) == 2
     assert 'checkpoint not found' in capsys.readouterr().err
