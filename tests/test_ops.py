@@ -219,7 +219,7 @@ def test_non_contiguous_inputs(backend):
     assert rel_err(metala_attn(q, g, v, backend=backend), ref) < TOL[torch.float32]
 
 
-
+@NEEDS_TRITON
 @pytest.mark.parametrize('states', ['recomputed', 'carried'])
 @pytest.mark.parametrize('causal', [False, True])
 def test_token_row_views_are_read_in_place(causal, states, monkeypatch):
@@ -243,6 +243,7 @@ def test_token_row_views_are_read_in_place(causal, states, monkeypatch):
                dv=rows.grad[..., H * K:H * (K + V)].unflatten(-1, (H, V)))
     assert_close(out, oracle(x, None, do, causal), TOL[torch.float32])
     assert (rows.grad[..., H * (K + V):] == 0).all()
+
 
 @pytest.mark.parametrize('backend', BACKENDS)
 @pytest.mark.parametrize('causal', [False, True])
@@ -294,7 +295,7 @@ def test_readout_matches_float64(backend, aug, K, V):
     assert_close(out, ref, 1e-5)
 
 
-
+@NEEDS_TRITON
 def test_readout_reads_token_row_views():
     """q, v and gate as views of one [B, T, C] row per token: the fused readout (Triton) equals the PyTorch path on
     contiguous copies, gradients included."""
@@ -316,6 +317,7 @@ def test_readout_reads_token_row_views():
         return {'y': y, **{name: t.grad for name, t in zip(('do', 'dg', 'drows', 'dw'), leaves)}}
 
     assert_close(grads('triton', copy=False), grads('torch', copy=True), 1e-5)
+
 
 def test_readout_bad_shapes_are_named():
     o, q = torch.randn(1, 4, 2, 32), torch.randn(1, 4, 2, 16)
