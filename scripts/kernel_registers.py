@@ -71,8 +71,8 @@ def main():
     for widths in args.widths:
         K, V = map(int, widths.split(':'))
         BT = args.chunk or chunk._chunk_len(4096, K, V)
+        shapes = dict(H=6, K=K, V=V, BT=BT, PREC='tf32', QS=6 * K, VS=6 * V, XS=6 * K, YS=6 * V)  # contiguous
         for name, kernel, pointers, variant, warps in KERNELS:
-            shapes = dict(H=6, K=K, V=V, BT=BT, PREC='tf32', QS=6 * K, VS=6 * V, XS=6 * K, YS=6 * V)  # contiguous
             constexprs = {arg: value for arg, value in dict(shapes, **variant).items() if arg in kernel.arg_names}
             for num_warps in warps:
                 registers, spills, shared = resources(kernel, pointers, constexprs, num_warps, args.arch)
