@@ -153,32 +153,20 @@ def _query_grad(qc, k, g, lam, qf, da, doc, state, seen, fast, REVERSE: tl.const
 
 
 @triton.jit
-def _key_value_grads(qc, k, g, lam, kf, da, doc, vc, dstate, seen, seen_grad, fast, REVERSE: tl.constexpr,
-                     BT: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
-    """(dk [BT, K], dv [BT, V]) of one scan over a chunk: its pairs within the chunk (seen; seen_grad for dk,
-    which leaves the diagonal to the caller) and the gradient dstate of the state leaving it."""
-    a = _scores(qc, k, g, lam, seen, fast, REVERSE, BT, DT, PREC)
-    _, dk = _scores_grad(qc, k, g, lam, da, seen_grad, fast, REVERSE, BT, DT, PREC)
-    dk += kf * tl.dot(vc, tl.trans(dstate.to(DT)), input_precision=PREC)
-    dv = tl.dot(tl.trans(a.to(DT)), doc, input_precision=PREC) \
-        + tl.dot((k * kf).to(DT), dstate.to(DT), input_precision=PREC)
-    return dk, dv
+def _key_grad(qc, k, g, lam, kf, da, vc, dstate, seen, fast, REVERSE: tl.constexpr, BT: tl.constexpr,
+              DT: tl.constexpr, PREC: tl.constexpr):
+    """dk [BT, K] of one scan over a chunk: its pairs within the chunk (seen; the diagonal is left to the caller) and
+    the gradient dstate of the state leaving it.  (dv, from both scans' scores at once, is the caller's.)"""
+    _, dk = _scores_grad(qc, k, g, lam, da, seen, fast, REVERSE, BT, DT, PREC)
+    return dk + kf * tl.dot(vc, tl.trans(dstate.to(DT)), input_precision=PREC)
 
 
 @triton.jit
-def _forward_gate_grad(qc, k, gc, dq_f, dk_f, diag, later):
-    """dg [BT, K] of the forward scan: dg_s = sum_{t >= s} dlam_t - e^g (dk + q dA_ss), dlam = q dq - k dk,
-    with later = the sum of dlam over the chunks after this one."""
-    dlam = qc * dq_f - k * dk_f
-    return tl.cumsum(dlam, axis=0, reverse=True) + later[None, :] - tl.exp(gc) * (dk_f + qc * diag)
-
-
-@triton.jit
-def _backward_gate_grad(qc, kb, gbc, dq_b, dk_b, later):
-    """dg [BT, K] of the backward scan: dg_s = -sum_{t > s} dlam_t - e^g dk, dlam = q dq - k dk, with later =
-    minus the sum of dlam over the chunks after this one."""
-    dlam = qc * dq_b - kb * dk_b
-    return later[None, :] - tl.cumsum(dlam, axis=0, reverse=True) + dlam - tl.exp(gbc) * dk_b
+def _gate_grad_terms(qc, k, g, dq, dk, dk_diag, later):
+    """One scan's gate gradient as dg_s = sum_{t >= s} dlam_t + rest_s (forward scan) or -sum_{t >= s} dlam_t + dlam_s +
+    rest_s (backward scan), with dlam = q dq - k dk: (dlam, rest = later - e^g (dk + dk_diag)) [BT, K], later [K]
+    the sum of dlam over the chunks after this one (backward scan: minus that sum), dk_diag the diagonal's q dA_ss."""
+    return qc * dq - k * dk, later[None, :] - tl.exp(g) * (dk + dk_diag)
 
 
 @triton.jit
@@ -401,9 +389,9 @@ def _metala_bwd_kernel(q, g, gb, v, do, dq, dg, dgb, dv, states, T, scale,
     fast = tl.min(decay) >= MIN_CHUNK_DECAY
     fwd_seen_off_diag = rows[:, None] > rows[None, :]
     dq_f = _query_grad(qc, k, gc, lam, qf, da, doc, s, fwd_seen_off_diag, fast, False, BT, DT, PREC)
-    dk_f, dv_t = _key_value_grads(qc, k, gc, lam, kf, da, doc, vc, ds, fwd_seen, fwd_seen_off_diag, fast, False,
-                                  BT, DT, PREC)
-    dg_t = _forward_gate_grad(qc, k, gc, dq_f, dk_f, diag, tl.sum(s_next * ds, axis=1))
+    dk_f = _key_grad(qc, k, gc, lam, kf, da, vc, ds, fwd_seen_off_diag, fast, False, BT, DT, PREC)
+    dv_t = tl.dot((k * kf).to(DT), ds.to(DT), input_precision=PREC)
+    dlam, rest = _gate_grad_terms(qc, k, gc, dq_f, dk_f, qc * diag, tl.sum(s_next * ds, axis=1))
     dq_t = dq_f + k * diag
     if BIDIR:
         kb, lam_b, qf_b, kf_b, decay_b = _backward_scan_gates(gbc)
@@ -416,17 +404,22 @@ def _metala_bwd_kernel(q, g, gb, v, do, dq, dg, dgb, dv, states, T, scale,
             r = tl.load(states + (2 * NT + n) * K * V + offs)
             dr = tl.load(states + (3 * NT + n) * K * V + offs)
             dr_next = tl.load(states + (3 * NT + n + 1) * K * V + offs, mask=has_next, other=0.)
-        fast = tl.min(decay_b) >= MIN_CHUNK_DECAY
-        dq_b = _query_grad(qc, kb, gbc, lam_b, qf_b, da, doc, r, ~fwd_seen, fast, True, BT, DT, PREC)
-        dk_b, dv_b = _key_value_grads(qc, kb, gbc, lam_b, kf_b, da, doc, vc, dr, ~fwd_seen, ~fwd_seen, fast, True,
-                                      BT, DT, PREC)
-        dgb_t = _backward_gate_grad(qc, kb, gbc, dq_b, dk_b, tl.sum(r * dr_next, axis=1))
-        dv_t += dv_b
+        fast_b = tl.min(decay_b) >= MIN_CHUNK_DECAY
+        dq_b = _query_grad(qc, kb, gbc, lam_b, qf_b, da, doc, r, ~fwd_seen, fast_b, True, BT, DT, PREC)
+        dk_b = _key_grad(qc, kb, gbc, lam_b, kf_b, da, vc, dr, ~fwd_seen, fast_b, True, BT, DT, PREC)
+        dv_t += tl.dot((kb * kf_b).to(DT), dr.to(DT), input_precision=PREC)
+        dlam_b, rest_b = _gate_grad_terms(qc, kb, gbc, dq_b, dk_b, 0., tl.sum(r * dr_next, axis=1))
         dq_t += dq_b
         if SEP_GB:
-            _store_chunk(dgb, dgb_t, t0, T, K, H * K, BT)
-        else:
-            dg_t += dgb_t
+            _store_chunk(dgb, rest_b + dlam_b - tl.cumsum(dlam_b, axis=0, reverse=True), t0, T, K, H * K, BT)
+        else:  # one suffix sum for both scans
+            dlam -= dlam_b
+            rest += rest_b + dlam_b
+    dg_t = tl.cumsum(dlam, axis=0, reverse=True) + rest
+    a = _scores(qc, k, gc, lam, fwd_seen, fast, False, BT, DT, PREC)  # both scans' scores in one product with do
+    if BIDIR:
+        a += _scores(qc, kb, gbc, lam_b, ~fwd_seen, fast_b, True, BT, DT, PREC)
+    dv_t += tl.dot(tl.trans(a.to(DT)), doc, input_precision=PREC)
     _store_chunk(dq, dq_t, t0, T, K, H * K, BT)
     _store_chunk(dg, dg_t, t0, T, K, H * K, BT)
     _store_chunk(dv, dv_t, t0, T, V, H * V, BT)
