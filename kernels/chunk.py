@@ -27,8 +27,9 @@ from .dispatch import kernel_op
 
 INTERPRET = os.environ.get('TRITON_INTERPRET', '0') == '1'
 # Smallest chunk decay (per channel) for which the factorised chunk product is used: e^-30, so its factors
-# stay below e^30 ~ 1e13, far inside the fp32/bf16 range.
+# stay below e^30 ~ 1e13, far inside the fp32/bf16 range; with fp16 factors e^-10 (below 22,027: fp16 ends at 65,504).
 MIN_CHUNK_DECAY = tl.constexpr(9.357623e-14)
+MIN_CHUNK_DECAY_FP16 = tl.constexpr(4.539993e-05)
 
 
 @triton.jit
@@ -86,6 +87,15 @@ def _backward_scan_gates(g):
     excl = tl.cumsum(g, axis=0) - g
     total = tl.sum(g, axis=0)
     return _key(g), -excl, tl.exp(total[None, :] - excl), tl.exp(excl), tl.exp(total)
+
+
+@triton.jit
+def _one_product(decay, DT: tl.constexpr):
+    """Whether a scan's scores within a chunk whose decay is decay [K] are one product of DT factors (up to
+    1 / decay: they must fit DT), or need the per-key path."""
+    if DT == tl.float16:
+        return tl.min(decay) >= MIN_CHUNK_DECAY_FP16
+    return tl.min(decay) >= MIN_CHUNK_DECAY
 
 
 @triton.jit
@@ -177,11 +187,11 @@ def _chunk_output(qc, gc, gbc, vc, s, r, BIDIR: tl.constexpr, BT: tl.constexpr, 
     R unused when causal)."""
     rows = tl.arange(0, BT)
     k, lam, qf, kf, decay = _forward_scan_gates(gc)
-    fast = tl.min(decay) >= MIN_CHUNK_DECAY
+    fast = _one_product(decay, DT)
     acc = tl.dot((qc * qf).to(DT), s.to(DT), input_precision=PREC)
     if BIDIR:
         kb, lam_b, qf_b, kf_b, decay_b = _backward_scan_gates(gbc)
-        fast = fast & (tl.min(decay_b) >= MIN_CHUNK_DECAY)
+        fast = fast & _one_product(decay_b, DT)
         a = _scores(qc, k, gc, lam, rows[:, None] >= rows[None, :], fast, False, BT, DT, PREC) \
             + _scores(qc, kb, gbc, lam_b, rows[:, None] < rows[None, :], fast, True, BT, DT, PREC)
         acc += tl.dot((qc * qf_b).to(DT), r.to(DT), input_precision=PREC)
@@ -386,7 +396,7 @@ def _metala_bwd_kernel(q, g, gb, v, do, dq, dg, dgb, dv, states, T, scale,
         s_next = tl.where(has_next, s_next, 0.)
     else:
         s_next = tl.load(states + (n + 1) * K * V + offs, mask=has_next, other=0.)
-    fast = tl.min(decay) >= MIN_CHUNK_DECAY
+    fast = _one_product(decay, DT)
     fwd_seen_off_diag = rows[:, None] > rows[None, :]
     dq_f = _query_grad(qc, k, gc, lam, qf, da, doc, s, fwd_seen_off_diag, fast, False, BT, DT, PREC)
     dk_f = _key_grad(qc, k, gc, lam, kf, da, vc, ds, fwd_seen_off_diag, fast, False, BT, DT, PREC)
@@ -404,7 +414,7 @@ def _metala_bwd_kernel(q, g, gb, v, do, dq, dg, dgb, dv, states, T, scale,
             r = tl.load(states + (2 * NT + n) * K * V + offs)
             dr = tl.load(states + (3 * NT + n) * K * V + offs)
             dr_next = tl.load(states + (3 * NT + n + 1) * K * V + offs, mask=has_next, other=0.)
-        fast_b = tl.min(decay_b) >= MIN_CHUNK_DECAY
+        fast_b = _one_product(decay_b, DT)
         dq_b = _query_grad(qc, kb, gbc, lam_b, qf_b, da, doc, r, ~fwd_seen, fast_b, True, BT, DT, PREC)
         dk_b = _key_grad(qc, kb, gbc, lam_b, kf_b, da, vc, dr, ~fwd_seen, fast_b, True, BT, DT, PREC)
         dv_t += tl.dot((kb * kf_b).to(DT), dr.to(DT), input_precision=PREC)

@@ -94,13 +94,15 @@ def test_head_dims(backend, K, V):
     assert_close(run(x, mask, torch.float32, do, backend=backend), oracle(x, mask, do, False), TOL[torch.float32])
 
 
+@pytest.mark.parametrize('g_low', [-0.2, -0.8])
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize('backend', BACKENDS)
-def test_half_precision(backend, dtype):
-    """Half inputs: result in the input dtype, error measured against the oracle on the rounded inputs."""
+def test_half_precision(backend, dtype, g_low):
+    """Half inputs: result in the input dtype, error measured against the oracle on the rounded inputs.  With
+    g_low -0.8 a 64-token chunk decays by about e^-26: one product's factors (up to e^26) would overflow fp16."""
     if backend == 'triton' and dtype == torch.bfloat16 and DEVICE == 'cpu':
         pytest.skip("triton's interpreter has no bfloat16 (no get_bf16); checked on CUDA")
-    x, mask = make_inputs(2, 100, 2, 32, 64, g_low=-0.2)
+    x, mask = make_inputs(2, 100, 2, 32, 64, g_low=g_low)
     x = {n: t.to(dtype).double() for n, t in x.items()}
     do = torch.randn(2, 100, 2, 64, dtype=torch.float64).to(dtype).double()
     out = run(x, mask, dtype, do, backend=backend)
