@@ -11,9 +11,9 @@ head) running over all chunks, was slower at every shape timed on an H200: bench
 A scan direction is described by a log-decay lam [BT, K] over the chunk: the decay between a query i and a
 key j it sees is exp(lam_i - lam_j) <= 1, per channel.  Forward: lam = inclusive cumsum of g, keys j <= i.
 Backward: lam = -(exclusive cumsum of g_bwd), keys j > i.  Within a chunk the scores are one matrix
-product of q * e^lam and k * e^-lam when the chunk's total decay is at least e^-30 (exact, no
-overflow); when the chunk decays below e^-30 (alpha near 0) a per-key loop computes every pair's decay with
-exponents <= 0.
+product of q * e^lam and k * e^-lam when the chunk's total decay is at least e^-30 (e^-10 with fp16 inputs: the
+factors, up to 1 / decay, must fit the input dtype; exact, no overflow); when the chunk decays further (alpha near 0)
+a per-key loop computes every pair's decay with exponents <= 0 (_one_product decides).
 k = 1 - exp(g) is computed here: the kernels read only q, g, v (and do).
 """
 import functools
