@@ -13,7 +13,9 @@ key j it sees is exp(lam_i - lam_j) <= 1, per channel.  Forward: lam = inclusive
 Backward: lam = -(exclusive cumsum of g_bwd), keys j > i.  Within a chunk the scores are one matrix
 product of q * e^lam and k * e^-lam when the chunk's total decay is at least e^-30 (e^-10 with fp16 inputs: the
 factors, up to 1 / decay, must fit the input dtype; exact, no overflow); when the chunk decays further (alpha near 0)
-a per-key loop computes every pair's decay with exponents <= 0 (_one_product decides).
+a per-key loop computes every pair's decay with exponents <= 0 (_one_product decides).  Where the states are stored,
+step 2 runs in two launches, one without that loop for the chunks that decay less, one with it for the others
+(_paths).
 k = 1 - exp(g) is computed here: the kernels read only q, g, v (and do).
 """
 import functools
@@ -30,6 +32,10 @@ INTERPRET = os.environ.get('TRITON_INTERPRET', '0') == '1'
 # stay below e^30 ~ 1e13, far inside the fp32/bf16 range; with fp16 factors e^-10 (below 22,027: fp16 ends at 65,504).
 MIN_CHUNK_DECAY = tl.constexpr(9.357623e-14)
 MIN_CHUNK_DECAY_FP16 = tl.constexpr(4.539993e-05)
+# The launch without the per-key path takes chunks down to e^-31 (fp16: e^-10.5), one past the thresholds above, so
+# that a chunk near them runs in both launches and in one at least whatever the rounding (see _runs).
+FAST_MIN_LOG_DECAY = tl.constexpr(-31.)
+FAST_MIN_LOG_DECAY_FP16 = tl.constexpr(-10.5)
 
 
 @triton.jit
@@ -54,17 +60,15 @@ def _head(ptr, i_bh, T, H: tl.constexpr, D: tl.constexpr, STRIDE_T: tl.constexpr
 
 
 @triton.jit
-def _load_chunk_inputs(q, g, gb, v, t0, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                       BIDIR: tl.constexpr, SEP_GB: tl.constexpr, QS: tl.constexpr, VS: tl.constexpr):
-    """q, g, g_bwd (fp32; g_bwd is g unless SEP_GB) and v (its dtype) of the chunk at t0; q's and v's tokens are QS
-    and VS apart."""
-    qc = _load_chunk(q, t0, T, K, QS, BT).to(tl.float32)
+def _load_gates(g, gb, t0, T, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BIDIR: tl.constexpr,
+                SEP_GB: tl.constexpr):
+    """g and g_bwd of the chunk at t0, fp32 [BT, K] (g_bwd is g unless SEP_GB)."""
     gc = _load_chunk(g, t0, T, K, H * K, BT).to(tl.float32)
     if BIDIR and SEP_GB:
         gbc = _load_chunk(gb, t0, T, K, H * K, BT).to(tl.float32)
     else:
         gbc = gc
-    return qc, gc, gbc, _load_chunk(v, t0, T, V, VS, BT)
+    return gc, gbc
 
 
 @triton.jit
@@ -90,12 +94,33 @@ def _backward_scan_gates(g):
 
 
 @triton.jit
-def _one_product(decay, DT: tl.constexpr):
+def _one_product(decay, DT: tl.constexpr, PATHS: tl.constexpr):
     """Whether a scan's scores within a chunk whose decay is decay [K] are one product of DT factors (up to
-    1 / decay: they must fit DT), or need the per-key path."""
+    1 / decay: they must fit DT), or need the per-key path.  Always in a launch of PATHS 'fast' (see _runs)."""
+    if PATHS == 'fast':
+        return True
     if DT == tl.float16:
         return tl.min(decay) >= MIN_CHUNK_DECAY_FP16
     return tl.min(decay) >= MIN_CHUNK_DECAY
+
+
+@triton.jit
+def _runs(gc, gbc, BIDIR: tl.constexpr, PATHS: tl.constexpr, DT: tl.constexpr):
+    """Whether a launch of step 2 computes the chunk of gates gc, gbc [BT, K] (see _paths): 'fast' (no per-key path
+    compiled) takes the chunks whose scans decay by at most e^-31 (fp16: e^-10.5), 'slow' the chunks with a scan
+    that _one_product sends to the per-key path (NaN gates included), 'both' all."""
+    if PATHS == 'both':
+        return True
+    total = tl.sum(gc, axis=0)  # log-decay over the chunk [K], as the scans compute it
+    total_b = total
+    if BIDIR:
+        total_b = tl.sum(gbc, axis=0)
+    if PATHS == 'fast':
+        smallest = tl.minimum(tl.min(total), tl.min(total_b))
+        if DT == tl.float16:
+            return smallest >= FAST_MIN_LOG_DECAY_FP16
+        return smallest >= FAST_MIN_LOG_DECAY
+    return ~(_one_product(tl.exp(total), DT, PATHS) & _one_product(tl.exp(total_b), DT, PATHS))
 
 
 @triton.jit
@@ -181,17 +206,17 @@ def _gate_grad_terms(qc, k, g, dq, dk, dk_diag, later):
 
 @triton.jit
 def _chunk_output(qc, gc, gbc, vc, s, r, BIDIR: tl.constexpr, BT: tl.constexpr, DT: tl.constexpr,
-                  PREC: tl.constexpr):
+                  PREC: tl.constexpr, PATHS: tl.constexpr):
     """One chunk's output before the scale, [BT, V]: intra-chunk scores @ v + (q e^lam) S + (q e^lam_b) R, from
     the chunk's q, g, g_bwd (fp32), v and the states entering it (S from the left, R from the right, fp32 [K, V];
     R unused when causal)."""
     rows = tl.arange(0, BT)
     k, lam, qf, kf, decay = _forward_scan_gates(gc)
-    fast = _one_product(decay, DT)
+    fast = _one_product(decay, DT, PATHS)
     acc = tl.dot((qc * qf).to(DT), s.to(DT), input_precision=PREC)
     if BIDIR:
         kb, lam_b, qf_b, kf_b, decay_b = _backward_scan_gates(gbc)
-        fast = fast & _one_product(decay_b, DT)
+        fast = fast & _one_product(decay_b, DT, PATHS)
         a = _scores(qc, k, gc, lam, rows[:, None] >= rows[None, :], fast, False, BT, DT, PREC) \
             + _scores(qc, kb, gbc, lam_b, rows[:, None] < rows[None, :], fast, True, BT, DT, PREC)
         acc += tl.dot((qc * qf_b).to(DT), r.to(DT), input_precision=PREC)
@@ -321,10 +346,11 @@ def _metala_combine_kernel(states, decays, NT, K: tl.constexpr, V: tl.constexpr,
 def _metala_out_kernel(q, g, gb, v, o, states, T, scale,
                        H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                        BIDIR: tl.constexpr, SEP_GB: tl.constexpr, RECOMPUTE: tl.constexpr, PREC: tl.constexpr,
-                       QS: tl.constexpr, VS: tl.constexpr):
+                       QS: tl.constexpr, VS: tl.constexpr, PATHS: tl.constexpr):
     """Step 2 of the forward, one program per (chunk, batch, head): the chunk's outputs from the
     states entering it, states [B*H, 1 + BIDIR, N, K, V] (S, then R); with RECOMPUTE (few chunks) the program
-    computes them from the other chunks instead, and there is no step 1."""
+    computes them from the other chunks instead, and there is no step 1.  PATHS: the chunks this launch takes
+    (_runs)."""
     n = tl.program_id(0)
     i_bh = tl.program_id(1)
     q, v = _head(q, i_bh, T, H, K, QS), _head(v, i_bh, T, H, V, VS)
@@ -335,30 +361,33 @@ def _metala_out_kernel(q, g, gb, v, o, states, T, scale,
     state_offs = tl.arange(0, K)[:, None] * V + tl.arange(0, V)[None, :]
     DT = v.dtype.element_ty
     t0 = n * BT
-    qc, gc, gbc, vc = _load_chunk_inputs(q, g, gb, v, t0, T, H, K, V, BT, BIDIR, SEP_GB, QS, VS)
-    if RECOMPUTE:
-        s = _state_over(q, g, v, 0, n, T, scale, H, K, V, BT, False, False, PREC, QS, VS)
-    else:
-        s = tl.load(states + state_offs)
-    if not BIDIR:
-        r = s
-    elif RECOMPUTE:
-        r = _state_over(q, gb, v, NT - 1, NT - 1 - n, T, scale, H, K, V, BT, True, False, PREC, QS, VS)
-    else:
-        r = tl.load(states + NT * K * V + state_offs)
-    acc = _chunk_output(qc, gc, gbc, vc, s, r, BIDIR, BT, DT, PREC)
-    _store_chunk(o, acc * scale, t0, T, V, H * V, BT)
+    gc, gbc = _load_gates(g, gb, t0, T, H, K, BT, BIDIR, SEP_GB)
+    if _runs(gc, gbc, BIDIR, PATHS, DT):
+        qc, vc = _load_chunk(q, t0, T, K, QS, BT).to(tl.float32), _load_chunk(v, t0, T, V, VS, BT)
+        if RECOMPUTE:
+            s = _state_over(q, g, v, 0, n, T, scale, H, K, V, BT, False, False, PREC, QS, VS)
+        else:
+            s = tl.load(states + state_offs)
+        if not BIDIR:
+            r = s
+        elif RECOMPUTE:
+            r = _state_over(q, gb, v, NT - 1, NT - 1 - n, T, scale, H, K, V, BT, True, False, PREC, QS, VS)
+        else:
+            r = tl.load(states + NT * K * V + state_offs)
+        acc = _chunk_output(qc, gc, gbc, vc, s, r, BIDIR, BT, DT, PREC, PATHS)
+        _store_chunk(o, acc * scale, t0, T, V, H * V, BT)
 
 
 @triton.jit
 def _metala_bwd_kernel(q, g, gb, v, do, dq, dg, dgb, dv, states, T, scale,
                        H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                        BIDIR: tl.constexpr, SEP_GB: tl.constexpr, RECOMPUTE: tl.constexpr, PREC: tl.constexpr,
-                       QS: tl.constexpr, VS: tl.constexpr):
+                       QS: tl.constexpr, VS: tl.constexpr, PATHS: tl.constexpr):
     """Step 2 of the backward, one program per (chunk, batch, head), from the states around the chunk,
     states [B*H, 2 + 2 BIDIR, N, K, V] = S, dS, R, dR (see _metala_states_kernel; with RECOMPUTE the program
-    computes them from the other chunks, as the output kernel does).  dq, dg, dgb, dv: in
-    the dtypes of q, g, gb, v, computed in fp32 and stored once; without SEP_GB, dgb is dg and receives nothing.
+    computes them from the other chunks, as the output kernel does).  PATHS: the chunks this launch takes (_runs).
+    dq, dg, dgb, dv: in the dtypes of q, g, gb, v, computed in fp32 and stored once; without SEP_GB, dgb is dg and
+    receives nothing.
 
     The gate gradient of a token sums dlam = q dq - k dk over every later token of the sequence.  The part from
     later chunks equals the pairs that cross the chunk's right edge, sum_v S_{n+1} dS_n (forward scan) and
@@ -379,60 +408,63 @@ def _metala_bwd_kernel(q, g, gb, v, do, dq, dg, dgb, dv, states, T, scale,
     DT = v.dtype.element_ty
     t0 = n * BT
 
-    qc, gc, gbc, vc = _load_chunk_inputs(q, g, gb, v, t0, T, H, K, V, BT, BIDIR, SEP_GB, QS, VS)
-    doc = (_load_chunk(do, t0, T, V, H * V, BT) * scale).to(DT)
-    da = tl.dot(doc, tl.trans(vc), input_precision=PREC)
-    diag = tl.sum(doc.to(tl.float32) * vc.to(tl.float32), axis=1)[:, None]  # dA_ii
+    gc, gbc = _load_gates(g, gb, t0, T, H, K, BT, BIDIR, SEP_GB)
+    if _runs(gc, gbc, BIDIR, PATHS, DT):
+        qc, vc = _load_chunk(q, t0, T, K, QS, BT).to(tl.float32), _load_chunk(v, t0, T, V, VS, BT)
+        doc = (_load_chunk(do, t0, T, V, H * V, BT) * scale).to(DT)
+        da = tl.dot(doc, tl.trans(vc), input_precision=PREC)
+        diag = tl.sum(doc.to(tl.float32) * vc.to(tl.float32), axis=1)[:, None]  # dA_ii
 
-    if RECOMPUTE:
-        s = _state_over(q, g, v, 0, n, T, scale, H, K, V, BT, False, False, PREC, QS, VS)
-        ds = _state_over(q, g, do, NT - 1, NT - 1 - n, T, scale, H, K, V, BT, True, True, PREC, QS, H * V)
-    else:
-        s = tl.load(states + n * K * V + offs)
-        ds = tl.load(states + (NT + n) * K * V + offs)
-    k, lam, qf, kf, decay = _forward_scan_gates(gc)
-    if RECOMPUTE:  # the state after this chunk: one more step of the scan
-        s_next = decay[:, None] * s + tl.dot(tl.trans((k * kf).to(DT)), vc, input_precision=PREC)
-        s_next = tl.where(has_next, s_next, 0.)
-    else:
-        s_next = tl.load(states + (n + 1) * K * V + offs, mask=has_next, other=0.)
-    fast = _one_product(decay, DT)
-    fwd_seen_off_diag = rows[:, None] > rows[None, :]
-    dq_f = _query_grad(qc, k, gc, lam, qf, da, doc, s, fwd_seen_off_diag, fast, False, BT, DT, PREC)
-    dk_f = _key_grad(qc, k, gc, lam, kf, da, vc, ds, fwd_seen_off_diag, fast, False, BT, DT, PREC)
-    dv_t = tl.dot((k * kf).to(DT), ds.to(DT), input_precision=PREC)
-    dlam, rest = _gate_grad_terms(qc, k, gc, dq_f, dk_f, qc * diag, tl.sum(s_next * ds, axis=1))
-    dq_t = dq_f + k * diag
-    if BIDIR:
-        kb, lam_b, qf_b, kf_b, decay_b = _backward_scan_gates(gbc)
         if RECOMPUTE:
-            r = _state_over(q, gb, v, NT - 1, NT - 1 - n, T, scale, H, K, V, BT, True, False, PREC, QS, VS)
-            dr = _state_over(q, gb, do, 0, n, T, scale, H, K, V, BT, False, True, PREC, QS, H * V)
-            dr_next = decay_b[:, None] * dr + tl.dot(tl.trans((qc * qf_b).to(DT)), doc, input_precision=PREC)
-            dr_next = tl.where(has_next, dr_next, 0.)
+            s = _state_over(q, g, v, 0, n, T, scale, H, K, V, BT, False, False, PREC, QS, VS)
+            ds = _state_over(q, g, do, NT - 1, NT - 1 - n, T, scale, H, K, V, BT, True, True, PREC, QS, H * V)
         else:
-            r = tl.load(states + (2 * NT + n) * K * V + offs)
-            dr = tl.load(states + (3 * NT + n) * K * V + offs)
-            dr_next = tl.load(states + (3 * NT + n + 1) * K * V + offs, mask=has_next, other=0.)
-        fast_b = _one_product(decay_b, DT)
-        dq_b = _query_grad(qc, kb, gbc, lam_b, qf_b, da, doc, r, ~fwd_seen, fast_b, True, BT, DT, PREC)
-        dk_b = _key_grad(qc, kb, gbc, lam_b, kf_b, da, vc, dr, ~fwd_seen, fast_b, True, BT, DT, PREC)
-        dv_t += tl.dot((kb * kf_b).to(DT), dr.to(DT), input_precision=PREC)
-        dlam_b, rest_b = _gate_grad_terms(qc, kb, gbc, dq_b, dk_b, 0., tl.sum(r * dr_next, axis=1))
-        dq_t += dq_b
-        if SEP_GB:
-            _store_chunk(dgb, rest_b + dlam_b - tl.cumsum(dlam_b, axis=0, reverse=True), t0, T, K, H * K, BT)
-        else:  # one suffix sum for both scans
-            dlam -= dlam_b
-            rest += rest_b + dlam_b
-    dg_t = tl.cumsum(dlam, axis=0, reverse=True) + rest
-    a = _scores(qc, k, gc, lam, fwd_seen, fast, False, BT, DT, PREC)  # both scans' scores in one product with do
-    if BIDIR:
-        a += _scores(qc, kb, gbc, lam_b, ~fwd_seen, fast_b, True, BT, DT, PREC)
-    dv_t += tl.dot(tl.trans(a.to(DT)), doc, input_precision=PREC)
-    _store_chunk(dq, dq_t, t0, T, K, H * K, BT)
-    _store_chunk(dg, dg_t, t0, T, K, H * K, BT)
-    _store_chunk(dv, dv_t, t0, T, V, H * V, BT)
+            s = tl.load(states + n * K * V + offs)
+            ds = tl.load(states + (NT + n) * K * V + offs)
+        k, lam, qf, kf, decay = _forward_scan_gates(gc)
+        if RECOMPUTE:  # the state after this chunk: one more step of the scan
+            s_next = decay[:, None] * s + tl.dot(tl.trans((k * kf).to(DT)), vc, input_precision=PREC)
+            s_next = tl.where(has_next, s_next, 0.)
+        else:
+            s_next = tl.load(states + (n + 1) * K * V + offs, mask=has_next, other=0.)
+        fast = _one_product(decay, DT, PATHS)
+        fwd_seen_off_diag = rows[:, None] > rows[None, :]
+        dq_f = _query_grad(qc, k, gc, lam, qf, da, doc, s, fwd_seen_off_diag, fast, False, BT, DT, PREC)
+        dk_f = _key_grad(qc, k, gc, lam, kf, da, vc, ds, fwd_seen_off_diag, fast, False, BT, DT, PREC)
+        dv_t = tl.dot((k * kf).to(DT), ds.to(DT), input_precision=PREC)
+        dlam, rest = _gate_grad_terms(qc, k, gc, dq_f, dk_f, qc * diag, tl.sum(s_next * ds, axis=1))
+        dq_t = dq_f + k * diag
+        if BIDIR:
+            kb, lam_b, qf_b, kf_b, decay_b = _backward_scan_gates(gbc)
+            if RECOMPUTE:
+                r = _state_over(q, gb, v, NT - 1, NT - 1 - n, T, scale, H, K, V, BT, True, False, PREC, QS, VS)
+                dr = _state_over(q, gb, do, 0, n, T, scale, H, K, V, BT, False, True, PREC, QS, H * V)
+                dr_next = decay_b[:, None] * dr + tl.dot(tl.trans((qc * qf_b).to(DT)), doc, input_precision=PREC)
+                dr_next = tl.where(has_next, dr_next, 0.)
+            else:
+                r = tl.load(states + (2 * NT + n) * K * V + offs)
+                dr = tl.load(states + (3 * NT + n) * K * V + offs)
+                dr_next = tl.load(states + (3 * NT + n + 1) * K * V + offs, mask=has_next, other=0.)
+            fast_b = _one_product(decay_b, DT, PATHS)
+            dq_b = _query_grad(qc, kb, gbc, lam_b, qf_b, da, doc, r, ~fwd_seen, fast_b, True, BT, DT, PREC)
+            dk_b = _key_grad(qc, kb, gbc, lam_b, kf_b, da, vc, dr, ~fwd_seen, fast_b, True, BT, DT, PREC)
+            dv_t += tl.dot((kb * kf_b).to(DT), dr.to(DT), input_precision=PREC)
+            dlam_b, rest_b = _gate_grad_terms(qc, kb, gbc, dq_b, dk_b, 0., tl.sum(r * dr_next, axis=1))
+            dq_t += dq_b
+            if SEP_GB:
+                _store_chunk(dgb, rest_b + dlam_b - tl.cumsum(dlam_b, axis=0, reverse=True), t0, T, K, H * K, BT)
+            else:  # one suffix sum for both scans
+                dlam -= dlam_b
+                rest += rest_b + dlam_b
+        dg_t = tl.cumsum(dlam, axis=0, reverse=True) + rest
+        # both scans' scores in one product with do
+        a = _scores(qc, k, gc, lam, fwd_seen, fast, False, BT, DT, PREC)
+        if BIDIR:
+            a += _scores(qc, kb, gbc, lam_b, ~fwd_seen, fast_b, True, BT, DT, PREC)
+        dv_t += tl.dot(tl.trans(a.to(DT)), doc, input_precision=PREC)
+        _store_chunk(dq, dq_t, t0, T, K, H * K, BT)
+        _store_chunk(dg, dg_t, t0, T, K, H * K, BT)
+        _store_chunk(dv, dv_t, t0, T, V, H * V, BT)
 
 
 def _chunk_len(T, K, V):
@@ -444,11 +476,15 @@ def _chunk_len(T, K, V):
 # The backward kernel runs with 8 warps only: with 4 warps and 16-bit inputs, triton 3.6 on an H100 gave
 # wrong dq and dg in the former fused backward kernel, which shared this one's per-chunk code (found by the GPU
 # test suite; fp32 and every 8-warp config were right).
+# The output kernel runs with 4 warps only: with 8, its launches that take some chunks and leave the others
+# (_runs) hit an illegal memory access on an H200 with triton 3.6 (B 128, T 197, bf16; 4 warps were right at every
+# gate regime: benchmarks/NOTES.md, session 13).
 FWD_CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 8) for s in (1, 2)]
+OUT_CONFIGS = [config for config in FWD_CONFIGS if config.num_warps == 4]
 BWD_CONFIGS = [triton.Config({}, num_warps=8, num_stages=s) for s in (1, 2)]
 
 
-def _launcher(kernel, configs, key=('H', 'K', 'V', 'BT', 'BIDIR', 'SEP_GB', 'RECOMPUTE', 'QS', 'VS')):
+def _launcher(kernel, configs, key=('H', 'K', 'V', 'BT', 'BIDIR', 'SEP_GB', 'RECOMPUTE', 'QS', 'VS', 'PATHS')):
     """kernel[grid](...) autotuned over configs on a GPU, once per compiled variant (T is left out of the
     key: the best launch depends on the chunk, not on the count of chunks).  The interpreter has no driver
     to tune with, and METALA_AUTOTUNE=0 (many short test shapes) skips the tuning compiles: both run the
@@ -463,7 +499,7 @@ def _launcher(kernel, configs, key=('H', 'K', 'V', 'BT', 'BIDIR', 'SEP_GB', 'REC
 
 _states = _launcher(_metala_states_kernel, FWD_CONFIGS,
                     key=('H', 'K', 'V', 'BT', 'REVERSE', 'X_IS_Q', 'CARRY', 'XS', 'YS'))
-_out = _launcher(_metala_out_kernel, FWD_CONFIGS)
+_out = _launcher(_metala_out_kernel, OUT_CONFIGS)
 _bwd = _launcher(_metala_bwd_kernel, BWD_CONFIGS)
 
 # Step 1 carries each state through the chunks in one program per (batch, head), unless the sequence has at least
@@ -492,6 +528,14 @@ def _sm_count(device):
 
 def _recompute_states(NT, BH, device):
     return NT <= RECOMPUTE_MAX_CHUNKS and NT * BH <= RECOMPUTE_PROGRAMS_PER_SM * _sm_count(device)
+
+
+def _paths(recompute):
+    """The launches of step 2 (PATHS, see _runs).  The per-key path for chunks that decay past e^-30, compiled
+    into a kernel, cost it a quarter of its time on an H200 even where no chunk took it (benchmarks/NOTES.md,
+    session 12): where the states are stored, a launch without it takes the chunks that decay less and a second
+    launch the others.  Recomputing programs (few launches, short sequences) keep both paths in one launch."""
+    return ('both',) if recompute else ('fast', 'slow')
 
 
 def _fill_states(states, q, scans, T, scale, shapes):
@@ -526,8 +570,9 @@ def _chunk_fwd(q: torch.Tensor, g: torch.Tensor, gb: torch.Tensor, v: torch.Tens
     if not recompute:
         scans = [(v, g, False, False)] + ([] if causal else [(v, gb, True, False)])  # (y, gates, REVERSE, X_IS_Q)
         _fill_states(states, q, scans, T, scale, shapes)
-    _out((NT, B * H), q, g, gb, v, o, states, T, scale, BIDIR=not causal, SEP_GB=sep, RECOMPUTE=recompute,
-         QS=q.stride(1), VS=v.stride(1), **shapes)
+    for paths in _paths(recompute):
+        _out((NT, B * H), q, g, gb, v, o, states, T, scale, BIDIR=not causal, SEP_GB=sep, RECOMPUTE=recompute,
+             QS=q.stride(1), VS=v.stride(1), PATHS=paths, **shapes)
     return o
 
 
@@ -550,8 +595,9 @@ def _chunk_bwd(q: torch.Tensor, g: torch.Tensor, gb: torch.Tensor, v: torch.Tens
         if not causal:
             scans += [(v, gb, True, False), (do, gb, False, True)]  # R, dR
         _fill_states(states, q, scans, T, scale, shapes)
-    _bwd((NT, B * H), q, g, gb, v, do, dq, dg, dgb if sep else dg, dv, states, T, scale, BIDIR=not causal,
-         SEP_GB=sep, RECOMPUTE=recompute, QS=q.stride(1), VS=v.stride(1), **shapes)
+    for paths in _paths(recompute):
+        _bwd((NT, B * H), q, g, gb, v, do, dq, dg, dgb if sep else dg, dv, states, T, scale, BIDIR=not causal,
+             SEP_GB=sep, RECOMPUTE=recompute, QS=q.stride(1), VS=v.stride(1), PATHS=paths, **shapes)
     return dq, dg, dgb, dv
 
 

@@ -31,13 +31,14 @@ KERNELS = [  # (name, kernel, pointer args, constexpr variant, warps to try)
      dict(REVERSE=False, X_IS_Q=False, CARRY=False), (4, 8)),
     ('states, combine', chunk._metala_combine_kernel, ('states', 'decays'),
      dict(DIRS=2, REVERSED=2, BLOCK=chunk.COMBINE_BLOCK, CHUNKS=chunk.COMBINE_CHUNKS), (4,)),
-] + [  # step 2, with the states from step 1 and recomputed, both modes
-    (f"{name}, {'bidirectional' if bidir else 'causal'}{', states recomputed' if recompute else ''}", kernel, pointers,
-     dict(BIDIR=bidir, SEP_GB=False, RECOMPUTE=recompute), warps)
+] + [  # step 2, both modes: its two launches with the states from step 1, and its one with the states recomputed
+    (f"{name}, {'bidirectional' if bidir else 'causal'}, "
+     f"{'states recomputed' if recompute else f'{paths} launch'}", kernel, pointers,
+     dict(BIDIR=bidir, SEP_GB=False, RECOMPUTE=recompute, PATHS=paths), warps)
     for name, kernel, pointers, warps in (
         ('output', chunk._metala_out_kernel, ('q', 'g', 'gb', 'v', 'o', 'states'), (4, 8)),
         ('backward', chunk._metala_bwd_kernel, ('q', 'g', 'gb', 'v', 'do', 'dq', 'dg', 'dgb', 'dv', 'states'), (8,)))
-    for recompute in (False, True) for bidir in (True, False)]
+    for recompute in (False, True) for paths in chunk._paths(recompute) for bidir in (True, False)]
 
 
 def resources(kernel, pointers, constexprs, num_warps, arch):

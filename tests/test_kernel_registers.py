@@ -12,9 +12,9 @@ def test_reports_every_kernel_variant():
     rows = [line.strip('|').split('|') for line in out.splitlines() if line.startswith('| ') and '---' not in line]
     header, rows = rows[0], rows[1:]
     assert [c.strip() for c in header][-3:] == ['registers', 'spill bytes', 'shared bytes']
-    # states x3 (4 and 8 warps each), combine (4), output x4 (4 and 8 each), backward x4 (8): output and backward
-    # with and without the states recomputed
-    assert len(rows) == 19
+    # states x3 (4 and 8 warps each), combine (4), output x6 (4 and 8 each), backward x6 (8): output and backward
+    # in both modes, in their two launches with the states stored and their one with the states recomputed
+    assert len(rows) == 25
     for row in rows:
         registers, spills, shared = (int(c) for c in row[-3:])
         assert 16 <= registers <= 255 and spills >= 0, row

@@ -175,6 +175,24 @@ def test_chunks_of_both_gate_regimes_in_one_call(backend):
 
 
 @NEEDS_TRITON
+@pytest.mark.parametrize('dtype, log_decays', [(torch.float32, [-31.5, -31, -30.5, -30, -29.5]),
+                                               (torch.float16, [-11, -10.5, -10, -9.5])])
+def test_chunks_at_the_launch_thresholds(dtype, log_decays, monkeypatch):
+    """With the states stored, step 2 runs a launch without the per-key path and one with it, each taking the chunks
+    on its side of a threshold on the chunk's decay: chunks decaying by e^x for x across both thresholds, one a
+    chunk, all computed (a chunk left to neither launch holds garbage) and equal to the oracle."""
+    from metala_kernels import chunk
+    monkeypatch.setattr(chunk, 'RECOMPUTE_MAX_CHUNKS', 0)
+    BT, T = 64, 64 * len(log_decays)
+    x, mask = make_inputs(1, T, 2, 16, 32, seed=13)
+    x = {n: t.to(dtype).double() for n, t in x.items()}
+    x['g'] = (torch.tensor(log_decays, dtype=torch.float64) / BT).repeat_interleave(BT)[None, :, None, None] \
+        .expand_as(x['g']).to(dtype).double()
+    do = torch.randn(1, T, 2, 32, dtype=torch.float64).to(dtype).double()
+    assert_close(run(x, mask, dtype, do, backend='triton'), oracle(x, mask, do, False), TOL[dtype])
+
+
+@NEEDS_TRITON
 @pytest.mark.parametrize('states', ['carried', 'combined', 'recomputed'])
 @pytest.mark.parametrize('causal', [False, True])
 def test_state_boundaries(causal, states, monkeypatch):
