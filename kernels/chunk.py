@@ -14,8 +14,8 @@ Backward: lam = -(exclusive cumsum of g_bwd), keys j > i.  Within a chunk the sc
 product of q * e^lam and k * e^-lam when the chunk's total decay is at least e^-30 (e^-10 with fp16 inputs: the
 factors, up to 1 / decay, must fit the input dtype; exact, no overflow); when the chunk decays further (alpha near 0)
 a per-key loop computes every pair's decay with exponents <= 0 (_one_product decides).  Where the states are stored,
-step 2 runs in two launches, one without that loop for the chunks that decay less, one with it for the others
-(_paths).
+step 2 runs in two launches: one without that loop, which lists the chunks that need it, and one with it over that
+list (_step2_launches).
 k = 1 - exp(g) is computed here: the kernels read only q, g, v (and do).
 """
 import functools
@@ -32,10 +32,6 @@ INTERPRET = os.environ.get('TRITON_INTERPRET', '0') == '1'
 # stay below e^30 ~ 1e13, far inside the fp32/bf16 range; with fp16 factors e^-10 (below 22,027: fp16 ends at 65,504).
 MIN_CHUNK_DECAY = tl.constexpr(9.357623e-14)
 MIN_CHUNK_DECAY_FP16 = tl.constexpr(4.539993e-05)
-# The launch without the per-key path takes chunks down to e^-31 (fp16: e^-10.5), one past the thresholds above, so
-# that a chunk near them runs in both launches and in one at least whatever the rounding (see _runs).
-FAST_MIN_LOG_DECAY = tl.constexpr(-31.)
-FAST_MIN_LOG_DECAY_FP16 = tl.constexpr(-10.5)
 
 
 @triton.jit
@@ -96,7 +92,8 @@ def _backward_scan_gates(g):
 @triton.jit
 def _one_product(decay, DT: tl.constexpr, PATHS: tl.constexpr):
     """Whether a scan's scores within a chunk whose decay is decay [K] are one product of DT factors (up to
-    1 / decay: they must fit DT), or need the per-key path.  Always in a launch of PATHS 'fast' (see _runs)."""
+    1 / decay: they must fit DT), or need the per-key path.  Always in a launch of PATHS 'fast'
+    (_step2_launches)."""
     if PATHS == 'fast':
         return True
     if DT == tl.float16:
@@ -105,22 +102,15 @@ def _one_product(decay, DT: tl.constexpr, PATHS: tl.constexpr):
 
 
 @triton.jit
-def _runs(gc, gbc, BIDIR: tl.constexpr, PATHS: tl.constexpr, DT: tl.constexpr):
-    """Whether a launch of step 2 computes the chunk of gates gc, gbc [BT, K] (see _paths): 'fast' (no per-key path
-    compiled) takes the chunks whose scans decay by at most e^-31 (fp16: e^-10.5), 'slow' the chunks with a scan
-    that _one_product sends to the per-key path (NaN gates included), 'both' all."""
-    if PATHS == 'both':
-        return True
-    total = tl.sum(gc, axis=0)  # log-decay over the chunk [K], as the scans compute it
-    total_b = total
+def _left_to_slow(gc, gbc, BIDIR: tl.constexpr, PATHS: tl.constexpr, DT: tl.constexpr):
+    """Whether a launch of PATHS 'fast' (no per-key path compiled) leaves the chunk of gates gc, gbc [BT, K] to the
+    'slow' launch: a scan of it decays past what one product holds (_one_product), or its gates are NaN."""
+    if PATHS != 'fast':
+        return False
+    fast = _one_product(tl.exp(tl.sum(gc, axis=0)), DT, 'both')
     if BIDIR:
-        total_b = tl.sum(gbc, axis=0)
-    if PATHS == 'fast':
-        smallest = tl.minimum(tl.min(total), tl.min(total_b))
-        if DT == tl.float16:
-            return smallest >= FAST_MIN_LOG_DECAY_FP16
-        return smallest >= FAST_MIN_LOG_DECAY
-    return ~(_one_product(tl.exp(total), DT, PATHS) & _one_product(tl.exp(total_b), DT, PATHS))
+        fast = fast & _one_product(tl.exp(tl.sum(gbc, axis=0)), DT, 'both')
+    return ~fast
 
 
 @triton.jit
@@ -343,16 +333,12 @@ def _metala_combine_kernel(states, decays, NT, K: tl.constexpr, V: tl.constexpr,
 
 
 @triton.jit
-def _metala_out_kernel(q, g, gb, v, o, states, T, scale,
-                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                       BIDIR: tl.constexpr, SEP_GB: tl.constexpr, RECOMPUTE: tl.constexpr, PREC: tl.constexpr,
-                       QS: tl.constexpr, VS: tl.constexpr, PATHS: tl.constexpr):
-    """Step 2 of the forward, one program per (chunk, batch, head): the chunk's outputs from the
-    states entering it, states [B*H, 1 + BIDIR, N, K, V] (S, then R); with RECOMPUTE (few chunks) the program
-    computes them from the other chunks instead, and there is no step 1.  PATHS: the chunks this launch takes
-    (_runs)."""
-    n = tl.program_id(0)
-    i_bh = tl.program_id(1)
+def _out_chunk(q, g, gb, v, o, states, slow, n, i_bh, T, scale,
+               H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BIDIR: tl.constexpr,
+               SEP_GB: tl.constexpr, RECOMPUTE: tl.constexpr, PREC: tl.constexpr, QS: tl.constexpr, VS: tl.constexpr,
+               PATHS: tl.constexpr):
+    """The outputs of chunk n of (batch, head) i_bh, or (PATHS 'fast', a chunk that needs the per-key path) its id
+    i_bh N + n appended to the list at slow (see _metala_out_kernel)."""
     q, v = _head(q, i_bh, T, H, K, QS), _head(v, i_bh, T, H, V, VS)
     g, gb, o = _head(g, i_bh, T, H, K, H * K), _head(gb, i_bh, T, H, K, H * K), _head(o, i_bh, T, H, V, H * V)
     NT = tl.cdiv(T, BT)
@@ -362,7 +348,9 @@ def _metala_out_kernel(q, g, gb, v, o, states, T, scale,
     DT = v.dtype.element_ty
     t0 = n * BT
     gc, gbc = _load_gates(g, gb, t0, T, H, K, BT, BIDIR, SEP_GB)
-    if _runs(gc, gbc, BIDIR, PATHS, DT):
+    if _left_to_slow(gc, gbc, BIDIR, PATHS, DT):
+        tl.store(slow + 1 + tl.atomic_add(slow, 1), i_bh * NT + n)
+    else:
         qc, vc = _load_chunk(q, t0, T, K, QS, BT).to(tl.float32), _load_chunk(v, t0, T, V, VS, BT)
         if RECOMPUTE:
             s = _state_over(q, g, v, 0, n, T, scale, H, K, V, BT, False, False, PREC, QS, VS)
@@ -379,21 +367,37 @@ def _metala_out_kernel(q, g, gb, v, o, states, T, scale,
 
 
 @triton.jit
-def _metala_bwd_kernel(q, g, gb, v, do, dq, dg, dgb, dv, states, T, scale,
+def _metala_out_kernel(q, g, gb, v, o, states, slow, T, scale,
                        H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                        BIDIR: tl.constexpr, SEP_GB: tl.constexpr, RECOMPUTE: tl.constexpr, PREC: tl.constexpr,
                        QS: tl.constexpr, VS: tl.constexpr, PATHS: tl.constexpr):
-    """Step 2 of the backward, one program per (chunk, batch, head), from the states around the chunk,
-    states [B*H, 2 + 2 BIDIR, N, K, V] = S, dS, R, dR (see _metala_states_kernel; with RECOMPUTE the program
-    computes them from the other chunks, as the output kernel does).  PATHS: the chunks this launch takes (_runs).
-    dq, dg, dgb, dv: in the dtypes of q, g, gb, v, computed in fp32 and stored once; without SEP_GB, dgb is dg and
-    receives nothing.
+    """Step 2 of the forward: each chunk's outputs from the states entering it, states [B*H, 1 + BIDIR, N, K, V]
+    (S, then R); with RECOMPUTE (few chunks) each program computes them from the other chunks instead, and there
+    is no step 1.  PATHS (_step2_launches): 'both', one program per (chunk, batch, head), grid (N, B*H); 'fast', the
+    same compiled without the per-key path, listing the chunks that need it at slow (int32: count, then ids);
+    'slow', grid (P,), P programs over that list."""
+    if PATHS == 'slow':
+        NT = tl.cdiv(T, BT)
+        for i in range(tl.program_id(0), tl.load(slow), tl.num_programs(0)):
+            chunk = tl.load(slow + 1 + i)
+            _out_chunk(q, g, gb, v, o, states, slow, chunk % NT, chunk // NT, T, scale, H, K, V, BT, BIDIR, SEP_GB,
+                       RECOMPUTE, PREC, QS, VS, PATHS)
+    else:
+        _out_chunk(q, g, gb, v, o, states, slow, tl.program_id(0), tl.program_id(1), T, scale, H, K, V, BT, BIDIR,
+                   SEP_GB, RECOMPUTE, PREC, QS, VS, PATHS)
+
+
+@triton.jit
+def _grad_chunk(q, g, gb, v, do, dq, dg, dgb, dv, states, slow, n, i_bh, T, scale,
+                H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BIDIR: tl.constexpr,
+                SEP_GB: tl.constexpr, RECOMPUTE: tl.constexpr, PREC: tl.constexpr, QS: tl.constexpr,
+                VS: tl.constexpr, PATHS: tl.constexpr):
+    """The gradients of chunk n of (batch, head) i_bh, or (PATHS 'fast', a chunk that needs the per-key path) its
+    id appended to the list at slow (see _metala_bwd_kernel and _metala_out_kernel).
 
     The gate gradient of a token sums dlam = q dq - k dk over every later token of the sequence.  The part from
     later chunks equals the pairs that cross the chunk's right edge, sum_v S_{n+1} dS_n (forward scan) and
     sum_v R_n dR_{n+1} (backward scan), so no pass over the other chunks is needed."""
-    n = tl.program_id(0)
-    i_bh = tl.program_id(1)
     q, v = _head(q, i_bh, T, H, K, QS), _head(v, i_bh, T, H, V, VS)
     g, gb = _head(g, i_bh, T, H, K, H * K), _head(gb, i_bh, T, H, K, H * K)
     dq, dg, dgb = _head(dq, i_bh, T, H, K, H * K), _head(dg, i_bh, T, H, K, H * K), _head(dgb, i_bh, T, H, K, H * K)
@@ -409,7 +413,9 @@ def _metala_bwd_kernel(q, g, gb, v, do, dq, dg, dgb, dv, states, T, scale,
     t0 = n * BT
 
     gc, gbc = _load_gates(g, gb, t0, T, H, K, BT, BIDIR, SEP_GB)
-    if _runs(gc, gbc, BIDIR, PATHS, DT):
+    if _left_to_slow(gc, gbc, BIDIR, PATHS, DT):
+        tl.store(slow + 1 + tl.atomic_add(slow, 1), i_bh * NT + n)
+    else:
         qc, vc = _load_chunk(q, t0, T, K, QS, BT).to(tl.float32), _load_chunk(v, t0, T, V, VS, BT)
         doc = (_load_chunk(do, t0, T, V, H * V, BT) * scale).to(DT)
         da = tl.dot(doc, tl.trans(vc), input_precision=PREC)
@@ -466,6 +472,25 @@ def _metala_bwd_kernel(q, g, gb, v, do, dq, dg, dgb, dv, states, T, scale,
         _store_chunk(dg, dg_t, t0, T, K, H * K, BT)
         _store_chunk(dv, dv_t, t0, T, V, H * V, BT)
 
+@triton.jit
+def _metala_bwd_kernel(q, g, gb, v, do, dq, dg, dgb, dv, states, slow, T, scale,
+                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                       BIDIR: tl.constexpr, SEP_GB: tl.constexpr, RECOMPUTE: tl.constexpr, PREC: tl.constexpr,
+                       QS: tl.constexpr, VS: tl.constexpr, PATHS: tl.constexpr):
+    """Step 2 of the backward: each chunk's gradients from the states around it, states [B*H, 2 + 2 BIDIR, N, K, V]
+    = S, dS, R, dR (see _metala_states_kernel; with RECOMPUTE each program computes them from the other chunks, as
+    the output kernel does).  dq, dg, dgb, dv: in the dtypes of q, g, gb, v, computed in fp32 and stored once;
+    without SEP_GB, dgb is dg and receives nothing.  PATHS, slow and the grid as in _metala_out_kernel."""
+    if PATHS == 'slow':
+        NT = tl.cdiv(T, BT)
+        for i in range(tl.program_id(0), tl.load(slow), tl.num_programs(0)):
+            chunk = tl.load(slow + 1 + i)
+            _grad_chunk(q, g, gb, v, do, dq, dg, dgb, dv, states, slow, chunk % NT, chunk // NT, T, scale, H, K, V,
+                        BT, BIDIR, SEP_GB, RECOMPUTE, PREC, QS, VS, PATHS)
+    else:
+        _grad_chunk(q, g, gb, v, do, dq, dg, dgb, dv, states, slow, tl.program_id(0), tl.program_id(1), T, scale, H,
+                    K, V, BT, BIDIR, SEP_GB, RECOMPUTE, PREC, QS, VS, PATHS)
+
 
 def _chunk_len(T, K, V):
     """Tokens a chunk: 64 (32 with a 128-wide head, for shared memory), fewer for short sequences
@@ -476,9 +501,9 @@ def _chunk_len(T, K, V):
 # The backward kernel runs with 8 warps only: with 4 warps and 16-bit inputs, triton 3.6 on an H100 gave
 # wrong dq and dg in the former fused backward kernel, which shared this one's per-chunk code (found by the GPU
 # test suite; fp32 and every 8-warp config were right).
-# The output kernel runs with 4 warps only: with 8, its launches that take some chunks and leave the others
-# (_runs) hit an illegal memory access on an H200 with triton 3.6 (B 128, T 197, bf16; 4 warps were right at every
-# gate regime: benchmarks/NOTES.md, session 13).
+# The output kernel runs with 4 warps only: with 8, a launch that computed some chunks and left the others (the
+# first form of _step2_launches) hit an illegal memory access on an H200 with triton 3.6 (B 128, T 197, bf16; 4
+# warps were right at every gate regime: benchmarks/NOTES.md, session 13).
 FWD_CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 8) for s in (1, 2)]
 OUT_CONFIGS = [config for config in FWD_CONFIGS if config.num_warps == 4]
 BWD_CONFIGS = [triton.Config({}, num_warps=8, num_stages=s) for s in (1, 2)]
@@ -486,14 +511,15 @@ BWD_CONFIGS = [triton.Config({}, num_warps=8, num_stages=s) for s in (1, 2)]
 
 def _launcher(kernel, configs, key=('H', 'K', 'V', 'BT', 'BIDIR', 'SEP_GB', 'RECOMPUTE', 'QS', 'VS', 'PATHS')):
     """kernel[grid](...) autotuned over configs on a GPU, once per compiled variant (T is left out of the
-    key: the best launch depends on the chunk, not on the count of chunks).  The interpreter has no driver
-    to tune with, and METALA_AUTOTUNE=0 (many short test shapes) skips the tuning compiles: both run the
-    first config."""
+    key: the best launch depends on the chunk, not on the count of chunks; the list `slow` that step 2 fills is
+    restored after each trial).  The interpreter has no driver to tune with, and METALA_AUTOTUNE=0 (many short
+    test shapes) skips the tuning compiles: both run the first config."""
     if INTERPRET or os.environ.get('METALA_AUTOTUNE', '1') == '0':
         first = configs[0]
         return lambda grid, *args, **kw: kernel[grid](*args, num_warps=first.num_warps,
                                                       num_stages=first.num_stages, **kw)
-    tuned = triton.autotune(configs, key=list(key))(kernel)
+    restore = [name for name in ('slow',) if name in kernel.arg_names]
+    tuned = triton.autotune(configs, key=list(key), restore_value=restore)(kernel)
     return lambda grid, *args, **kw: tuned[grid](*args, **kw)
 
 
@@ -519,6 +545,10 @@ COMBINE_BLOCK, COMBINE_CHUNKS = 256, 16
 # metala_vit_s trained 14% faster at B 128 with 16 than with 32 (4,952 vs 4,327 img/s); eager, the two were within
 # the host's noise.
 RECOMPUTE_MAX_CHUNKS, RECOMPUTE_PROGRAMS_PER_SM = 4, 16
+# Programs an SM of step 2's 'slow' launch (_step2_launches): 1 (the backward's 8 warps at 255 registers fill an SM)
+# left the forward at half speed where every chunk took the per-key path (6.2 vs 3.5 ms at B 128 T 197 on an H200);
+# 4 gives 3.6.
+SLOW_PROGRAMS_PER_SM = 4
 
 
 @functools.cache
@@ -530,12 +560,17 @@ def _recompute_states(NT, BH, device):
     return NT <= RECOMPUTE_MAX_CHUNKS and NT * BH <= RECOMPUTE_PROGRAMS_PER_SM * _sm_count(device)
 
 
-def _paths(recompute):
-    """The launches of step 2 (PATHS, see _runs).  The per-key path for chunks that decay past e^-30, compiled
-    into a kernel, cost it a quarter of its time on an H200 even where no chunk took it (benchmarks/NOTES.md,
-    session 12): where the states are stored, a launch without it takes the chunks that decay less and a second
-    launch the others.  Recomputing programs (few launches, short sequences) keep both paths in one launch."""
-    return ('both',) if recompute else ('fast', 'slow')
+def _step2_launches(NT, BH, recompute, device):
+    """Step 2's launches [(grid, PATHS)] and the int32 list that its 'fast' launch fills for its 'slow' one (see
+    _metala_out_kernel).  The per-key path for chunks that decay past e^-30, compiled into a kernel, cost it a
+    quarter of its time on an H200 even where no chunk took it (benchmarks/NOTES.md, session 12).  So where the
+    states are stored, a launch without it computes the chunks that do not need it and lists the others, and a
+    second launch of SLOW_PROGRAMS_PER_SM programs an SM computes those with it.  Recomputing programs (short
+    sequences, launches few) keep both paths in one launch."""
+    if recompute:
+        return [((NT, BH), 'both')], torch.empty(0, dtype=torch.int32, device=device)
+    slow = torch.zeros(1 + NT * BH, dtype=torch.int32, device=device)
+    return [((NT, BH), 'fast'), ((min(NT * BH, SLOW_PROGRAMS_PER_SM * _sm_count(device)),), 'slow')], slow
 
 
 def _fill_states(states, q, scans, T, scale, shapes):
@@ -570,8 +605,9 @@ def _chunk_fwd(q: torch.Tensor, g: torch.Tensor, gb: torch.Tensor, v: torch.Tens
     if not recompute:
         scans = [(v, g, False, False)] + ([] if causal else [(v, gb, True, False)])  # (y, gates, REVERSE, X_IS_Q)
         _fill_states(states, q, scans, T, scale, shapes)
-    for paths in _paths(recompute):
-        _out((NT, B * H), q, g, gb, v, o, states, T, scale, BIDIR=not causal, SEP_GB=sep, RECOMPUTE=recompute,
+    launches, slow = _step2_launches(NT, B * H, recompute, v.device)
+    for grid, paths in launches:
+        _out(grid, q, g, gb, v, o, states, slow, T, scale, BIDIR=not causal, SEP_GB=sep, RECOMPUTE=recompute,
              QS=q.stride(1), VS=v.stride(1), PATHS=paths, **shapes)
     return o
 
@@ -595,8 +631,9 @@ def _chunk_bwd(q: torch.Tensor, g: torch.Tensor, gb: torch.Tensor, v: torch.Tens
         if not causal:
             scans += [(v, gb, True, False), (do, gb, False, True)]  # R, dR
         _fill_states(states, q, scans, T, scale, shapes)
-    for paths in _paths(recompute):
-        _bwd((NT, B * H), q, g, gb, v, do, dq, dg, dgb if sep else dg, dv, states, T, scale, BIDIR=not causal,
+    launches, slow = _step2_launches(NT, B * H, recompute, v.device)
+    for grid, paths in launches:
+        _bwd(grid, q, g, gb, v, do, dq, dg, dgb if sep else dg, dv, states, slow, T, scale, BIDIR=not causal,
              SEP_GB=sep, RECOMPUTE=recompute, QS=q.stride(1), VS=v.stride(1), PATHS=paths, **shapes)
     return dq, dg, dgb, dv
 

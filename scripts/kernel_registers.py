@@ -21,6 +21,7 @@ from metala_kernels import chunk  # noqa: E402
 
 # pointers to fp32 (gates as the mixer gives them, states, chunk decays); the others bf16
 FP32 = ('g', 'gb', 'dg', 'dgb', 'states', 'decays')
+INT32 = ('slow',)  # the chunk list of step 2
 STATES = ('x', 'g', 'y', 'states', 'decays')
 KERNELS = [  # (name, kernel, pointer args, constexpr variant, warps to try)
     ('states (values), carried', chunk._metala_states_kernel, STATES, dict(REVERSE=False, X_IS_Q=False, CARRY=True),
@@ -36,14 +37,15 @@ KERNELS = [  # (name, kernel, pointer args, constexpr variant, warps to try)
      f"{'states recomputed' if recompute else f'{paths} launch'}", kernel, pointers,
      dict(BIDIR=bidir, SEP_GB=False, RECOMPUTE=recompute, PATHS=paths), warps)
     for name, kernel, pointers, warps in (
-        ('output', chunk._metala_out_kernel, ('q', 'g', 'gb', 'v', 'o', 'states'), (4, 8)),
-        ('backward', chunk._metala_bwd_kernel, ('q', 'g', 'gb', 'v', 'do', 'dq', 'dg', 'dgb', 'dv', 'states'), (8,)))
-    for recompute in (False, True) for paths in chunk._paths(recompute) for bidir in (True, False)]
+        ('output', chunk._metala_out_kernel, ('q', 'g', 'gb', 'v', 'o', 'states', 'slow'), (4, 8)),
+        ('backward', chunk._metala_bwd_kernel, ('q', 'g', 'gb', 'v', 'do', 'dq', 'dg', 'dgb', 'dv', 'states', 'slow'),
+         (8,)))
+    for recompute, paths in ((False, 'fast'), (False, 'slow'), (True, 'both')) for bidir in (True, False)]
 
 
 def resources(kernel, pointers, constexprs, num_warps, arch):
     """(registers per thread, spill store bytes, shared memory bytes) of one compiled variant."""
-    signature = {name: '*fp32' if name in FP32 else '*bf16' for name in pointers}
+    signature = {name: '*fp32' if name in FP32 else '*i32' if name in INT32 else '*bf16' for name in pointers}
     signature.update({name: 'fp32' if name == 'scale' else 'i32' for name in ('T', 'NT', 'scale', 'BH_STRIDE')
                       if name in kernel.arg_names})
     signature.update({name: 'constexpr' for name in constexprs})

@@ -178,9 +178,9 @@ def test_chunks_of_both_gate_regimes_in_one_call(backend):
 @pytest.mark.parametrize('dtype, log_decays', [(torch.float32, [-31.5, -31, -30.5, -30, -29.5]),
                                                (torch.float16, [-11, -10.5, -10, -9.5])])
 def test_chunks_at_the_launch_thresholds(dtype, log_decays, monkeypatch):
-    """With the states stored, step 2 runs a launch without the per-key path and one with it, each taking the chunks
-    on its side of a threshold on the chunk's decay: chunks decaying by e^x for x across both thresholds, one a
-    chunk, all computed (a chunk left to neither launch holds garbage) and equal to the oracle."""
+    """With the states stored, step 2 runs a launch without the per-key path, which lists the chunks that decay
+    past a threshold, and a launch with it over that list: chunks decaying by e^x for x across the threshold (e^-30,
+    fp16 e^-10), one a chunk, each computed (a chunk left to neither launch holds garbage) and equal to the oracle."""
     from metala_kernels import chunk
     monkeypatch.setattr(chunk, 'RECOMPUTE_MAX_CHUNKS', 0)
     BT, T = 64, 64 * len(log_decays)
