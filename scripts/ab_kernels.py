@@ -1,0 +1,142 @@
+"""Times versions of the chunked kernels side by side on one GPU: `_chunk_fwd` and `_chunk_bwd` of
+metala_kernels/chunk.py (every launch of a forward, of a backward), each version in its own process, the processes
+alternated --rounds times so that slow stretches of the host and the GPU land on every version.  A version is a git
+revision (its kernels/ folder, exported) or a folder holding the kernels.  Prints a markdown table of the medians
+over the rounds with the ratios to the first version, then every round's times (their spread is the noise).
+
+    python scripts/ab_kernels.py 51b0ce7 kernels [--rounds 2] [--cases 128:197:bidir:1 ...] [--out FILE]
+
+A case B:T:MODE:GATES is the batch, the tokens, bidir or causal, and a factor on MetaLA's gates logsigmoid(randn) / 16
+(200: every chunk decays past e^-30, the per-key path); H 6, K 32, V 64 (ViT-S heads), bf16 on CUDA.  The
+kernels autotune in each process as they do in training.  --device cpu runs the same in fp32 under Triton's
+interpreter: a check of the script, not a timing.
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CASES = ['128:197:bidir:1', '256:197:bidir:1', '64:1024:bidir:1', '2:16384:bidir:1', '32:197:bidir:1',
+         '128:197:causal:1', '128:197:bidir:200']
+H, K, V = 6, 32, 64
+
+
+def export(version, into):
+    """The kernels of version (a folder, or a git revision of this repository) as the package into/metala_kernels."""
+    into.mkdir()
+    target = into / 'metala_kernels'
+    if Path(version).is_dir():
+        shutil.copytree(version, target, ignore=shutil.ignore_patterns('__pycache__'))
+    else:
+        archive = subprocess.run(['git', '-C', str(REPO), 'archive', version, 'kernels'], capture_output=True,
+                                 check=True).stdout
+        subprocess.run(['tar', '-x', '-C', str(into)], input=archive, check=True)
+        (into / 'kernels').rename(target)
+    if not (target / 'chunk.py').is_file():
+        raise SystemExit(f'{version}: no chunk.py in its kernels')
+
+
+def time_version(case_names, device):
+    """{case: (fwd ms, bwd ms)} and the file of the chunk module timed: the metala_kernels first on sys.path (run in a
+    worker process)."""
+    import torch
+    import torch.nn.functional as F
+    from metala_kernels import chunk
+    dtype = torch.bfloat16 if device == 'cuda' else torch.float32
+    times = {}
+    for name in case_names:
+        B, T, mode, gates = name.split(':')
+        B, T, causal = int(B), int(T), mode == 'causal'
+        gen = torch.Generator(device).manual_seed(0)
+        q, v, do = (torch.randn(B, T, H, D, device=device, dtype=dtype, generator=gen) for D in (K, V, V))
+        g = (F.logsigmoid(torch.randn(B, T, H, K, device=device, generator=gen)) / 16 * float(gates)).contiguous()
+        fwd = lambda: chunk._chunk_fwd(q, g, g, v, K ** -0.5, causal, False)  # noqa: E731
+        bwd = lambda: chunk._chunk_bwd(q, g, g, v, do, K ** -0.5, causal, False)  # noqa: E731
+        times[name] = (milliseconds(fwd, device), milliseconds(bwd, device))
+    return times, chunk.__file__
+
+
+def milliseconds(fn, device):
+    if device == 'cuda':
+        from triton.testing import do_bench
+        return do_bench(fn, warmup=50, rep=300, return_mode='median')
+    fn()
+    runs = []
+    for _ in range(3):
+        start = time.perf_counter()
+        fn()
+        runs.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(runs)
+
+
+def table(versions, rounds):
+    """Markdown: per case the median fwd and bwd ms of each version, their ratios to the first version's, and the
+    rounds.  rounds: [{version: {case: (fwd, bwd)}}]."""
+    cases = list(rounds[0][versions[0]])
+    med = {v: {c: [statistics.median(r[v][c][i] for r in rounds) for i in (0, 1)] for c in cases} for v in versions}
+    head = ['case'] + [f'{v} {p}' for v in versions for p in ('fwd', 'bwd')] + \
+        [f'{v} / {versions[0]} {p}' for v in versions[1:] for p in ('fwd', 'bwd')]
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    for c in cases:
+        cells = [f'{med[v][c][i]:.3f}' for v in versions for i in (0, 1)]
+        cells += [f'{med[v][c][i] / med[versions[0]][c][i]:.2f}' for v in versions[1:] for i in (0, 1)]
+        lines.append('| ' + ' | '.join([c] + cells) + ' |')
+    lines.append('')
+    for c in cases:
+        lines.append(f'- {c}: ' + '; '.join(
+            f"{v} {', '.join(f'{r[v][c][0]:.3f}/{r[v][c][1]:.3f}' for r in rounds)}" for v in versions))
+    return '\n'.join(lines) + '\n'
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('versions', nargs='+', help='git revisions or folders of kernels, the first the baseline')
+    parser.add_argument('--rounds', type=int, default=2)
+    parser.add_argument('--cases', nargs='+', default=CASES, metavar='B:T:MODE:GATES')
+    parser.add_argument('--device', default='cuda', choices=['cuda', 'cpu'])
+    parser.add_argument('--out', help='also write the table here')
+    parser.add_argument('--worker', help=argparse.SUPPRESS)  # a folder holding metala_kernels: time it, print JSON
+    args = parser.parse_args()
+    if len(set(args.versions)) < len(args.versions):
+        parser.error('a version named twice')
+    for case in args.cases:
+        parts = case.split(':')
+        if len(parts) != 4 or not (parts[0].isdigit() and parts[1].isdigit()) or parts[2] not in ('bidir', 'causal'):
+            parser.error(f'--cases: {case!r} is not B:T:bidir|causal:GATES')
+    if args.worker:
+        sys.path.insert(0, args.worker)
+        print(json.dumps(time_version(args.cases, args.device)))
+        return
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    if args.device == 'cpu':
+        env['TRITON_INTERPRET'] = '1'
+    with tempfile.TemporaryDirectory() as tmp:
+        folders = {version: Path(tmp) / str(i) for i, version in enumerate(args.versions)}
+        for version, folder in folders.items():
+            export(version, folder)
+        rounds = []
+        for _ in range(args.rounds):
+            rounds.append({})
+            for version, folder in folders.items():
+                out = subprocess.run([sys.executable, __file__, *args.versions, '--device', args.device,
+                                      '--worker', str(folder), '--cases', *args.cases], env=env, text=True,
+                                     stdout=subprocess.PIPE, check=True).stdout
+                times, timed_file = json.loads(out.splitlines()[-1])
+                if not Path(timed_file).resolve().is_relative_to(folder.resolve()):
+                    raise SystemExit(f'{version}: the worker imported {timed_file}, not the copy in {folder}')
+                rounds[-1][version] = {c: tuple(t) for c, t in times.items()}
+    text = table(args.versions, rounds)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,32 @@
+"""scripts/ab_kernels.py: two versions of the kernels (a git revision and a folder) timed side by side in worker
+processes that import each version's own copy; on the CPU under Triton's interpreter (a check, not a timing)."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / 'scripts' / 'ab_kernels.py'
+pytestmark = pytest.mark.skipif(not (REPO / '.git').exists(), reason='needs the git repository (a revision)')
+
+
+def test_two_versions_side_by_side(tmp_path):
+    # 3:20 with stored states (step 2 in two launches on the CPU), 1:20 causal with strong gates recomputed
+    cases = ['3:20:bidir:1', '1:20:causal:200']
+    out = subprocess.run([sys.executable, str(SCRIPT), 'HEAD', 'kernels', '--device', 'cpu', '--rounds', '1',
+                          '--cases', *cases, '--out', str(tmp_path / 'ab.md')], cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout
+    lines = (tmp_path / 'ab.md').read_text().splitlines()
+    assert lines[0] == '| case | HEAD fwd | HEAD bwd | kernels fwd | kernels bwd | kernels / HEAD fwd | ' \
+                       'kernels / HEAD bwd |'
+    rows = [line.strip('| ').split(' | ') for line in lines[2:4]]
+    assert [row[0] for row in rows] == cases
+    assert all(float(cell) > 0 for row in rows for cell in row[1:])
+    assert lines[0] in out
+
+
+def test_bad_case_is_named():
+    result = subprocess.run([sys.executable, str(SCRIPT), 'HEAD', '--cases', '128:197:both:1'], capture_output=True,
+                            text=True)
+    assert result.returncode == 2 and "--cases: '128:197:both:1'" in result.stderr
