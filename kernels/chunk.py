@@ -102,15 +102,18 @@ def _one_product(decay, DT: tl.constexpr, PATHS: tl.constexpr):
 
 
 @triton.jit
-def _left_to_slow(gc, gbc, BIDIR: tl.constexpr, PATHS: tl.constexpr, DT: tl.constexpr):
-    """Whether a launch of PATHS 'fast' (no per-key path compiled) leaves the chunk of gates gc, gbc [BT, K] to the
-    'slow' launch: a scan of it decays past what one product holds (_one_product), or its gates are NaN."""
+def _takes(slow, gc, gbc, chunk_id, BIDIR: tl.constexpr, PATHS: tl.constexpr, DT: tl.constexpr):
+    """Whether a launch of step 2 computes the chunk of gates gc, gbc [BT, K].  A launch of PATHS 'fast' (no per-key
+    path compiled) leaves a chunk with a scan that decays past what one product holds (_one_product), or with NaN
+    gates, and appends its chunk_id to the list at slow for the 'slow' launch; the others compute what they get."""
     if PATHS != 'fast':
-        return False
+        return True
     fast = _one_product(tl.exp(tl.sum(gc, axis=0)), DT, 'both')
     if BIDIR:
         fast = fast & _one_product(tl.exp(tl.sum(gbc, axis=0)), DT, 'both')
-    return ~fast
+    if ~fast:
+        tl.store(slow + 1 + tl.atomic_add(slow, 1), chunk_id)
+    return fast
 
 
 @triton.jit
@@ -348,9 +351,7 @@ def _out_chunk(q, g, gb, v, o, states, slow, n, i_bh, T, scale,
     DT = v.dtype.element_ty
     t0 = n * BT
     gc, gbc = _load_gates(g, gb, t0, T, H, K, BT, BIDIR, SEP_GB)
-    if _left_to_slow(gc, gbc, BIDIR, PATHS, DT):
-        tl.store(slow + 1 + tl.atomic_add(slow, 1), i_bh * NT + n)
-    else:
+    if _takes(slow, gc, gbc, i_bh * NT + n, BIDIR, PATHS, DT):
         qc, vc = _load_chunk(q, t0, T, K, QS, BT).to(tl.float32), _load_chunk(v, t0, T, V, VS, BT)
         if RECOMPUTE:
             s = _state_over(q, g, v, 0, n, T, scale, H, K, V, BT, False, False, PREC, QS, VS)
@@ -413,9 +414,7 @@ def _grad_chunk(q, g, gb, v, do, dq, dg, dgb, dv, states, slow, n, i_bh, T, scal
     t0 = n * BT
 
     gc, gbc = _load_gates(g, gb, t0, T, H, K, BT, BIDIR, SEP_GB)
-    if _left_to_slow(gc, gbc, BIDIR, PATHS, DT):
-        tl.store(slow + 1 + tl.atomic_add(slow, 1), i_bh * NT + n)
-    else:
+    if _takes(slow, gc, gbc, i_bh * NT + n, BIDIR, PATHS, DT):
         qc, vc = _load_chunk(q, t0, T, K, QS, BT).to(tl.float32), _load_chunk(v, t0, T, V, VS, BT)
         doc = (_load_chunk(do, t0, T, V, H * V, BT) * scale).to(DT)
         da = tl.dot(doc, tl.trans(vc), input_precision=PREC)
