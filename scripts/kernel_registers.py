@@ -1,6 +1,8 @@
-"""Registers per thread, spilled bytes and shared memory of our Triton kernels, compiled for an NVIDIA target on any
-machine (no GPU needed: Triton's own ptxas).  A proxy for occupancy while the kernels change on a CPU machine (a
-program of 8 warps at 255 registers fills a whole SM's register file); the times still come from bench_ops.py.
+"""Registers per thread, spilled bytes, shared memory and machine instructions of our Triton kernels, compiled for an
+NVIDIA target on any machine (no GPU needed: Triton's own ptxas and nvdisasm).  Proxies while the kernels change on a
+CPU machine: for occupancy (a program of 8 warps at 255 registers fills a whole SM's register file) and for the
+issue-bound backward (session 12's profile: the SASS instructions of its code, not the count it executes); the times
+still come from bench_ops.py and ab_kernels.py.
 
     python scripts/kernel_registers.py [--arch 90] [--widths K:V ...] [--chunk BT]
 """
@@ -14,6 +16,7 @@ os.environ.pop('TRITON_INTERPRET', None)  # compile, do not interpret
 
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton import knobs  # noqa: E402
 from triton.backends.nvidia.compiler import get_ptxas  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
@@ -44,7 +47,7 @@ KERNELS = [  # (name, kernel, pointer args, constexpr variant, warps to try)
 
 
 def resources(kernel, pointers, constexprs, num_warps, arch):
-    """(registers per thread, spill store bytes, shared memory bytes) of one compiled variant."""
+    """(registers per thread, spill store bytes, shared memory bytes, SASS instructions) of one compiled variant."""
     signature = {name: '*fp32' if name in FP32 else '*i32' if name in INT32 else '*bf16' for name in pointers}
     signature.update({name: 'fp32' if name == 'scale' else 'i32' for name in ('T', 'NT', 'scale', 'BH_STRIDE')
                       if name in kernel.arg_names})
@@ -57,9 +60,15 @@ def resources(kernel, pointers, constexprs, num_warps, arch):
             f.write(compiled.asm['ptx'])
         report = subprocess.run([get_ptxas(arch).path, f'-arch=sm_{arch}a', '-v', ptx, '-o', os.devnull],
                                 capture_output=True, text=True, check=True).stderr
+        cubin = os.path.join(tmp, 'kernel.cubin')
+        with open(cubin, 'wb') as f:
+            f.write(compiled.asm['cubin'])
+        sass = subprocess.run([knobs.nvidia.nvdisasm.path, '-c', cubin], capture_output=True, text=True,
+                              check=True).stdout
     registers = int(re.search(r'Used (\d+) registers', report).group(1))
     spills = int(re.search(r'(\d+) bytes spill stores', report).group(1))
-    return registers, spills, compiled.metadata.shared
+    instructions = len(re.findall(r'^\s+/\*[0-9a-f]{4,}\*/', sass, re.MULTILINE))  # one address comment each
+    return registers, spills, compiled.metadata.shared, instructions
 
 
 def main():
@@ -69,8 +78,8 @@ def main():
     parser.add_argument('--chunk', type=int, default=None, help='tokens a chunk (default: as the kernels choose)')
     args = parser.parse_args()
     print(f'triton {triton.__version__}, sm_{args.arch}')
-    print('| kernel | K | V | chunk | warps | registers | spill bytes | shared bytes |')
-    print('|---|---|---|---|---|---|---|---|')
+    print('| kernel | K | V | chunk | warps | registers | spill bytes | shared bytes | SASS instructions |')
+    print('|---|---|---|---|---|---|---|---|---|')
     for widths in args.widths:
         K, V = map(int, widths.split(':'))
         BT = args.chunk or chunk._chunk_len(4096, K, V)
@@ -78,8 +87,8 @@ def main():
         for name, kernel, pointers, variant, warps in KERNELS:
             constexprs = {arg: value for arg, value in dict(shapes, **variant).items() if arg in kernel.arg_names}
             for num_warps in warps:
-                registers, spills, shared = resources(kernel, pointers, constexprs, num_warps, args.arch)
-                print(f'| {name} | {K} | {V} | {BT} | {num_warps} | {registers} | {spills} | {shared} |', flush=True)
+                counts = resources(kernel, pointers, constexprs, num_warps, args.arch)
+                print(f'| {name} | {K} | {V} | {BT} | {num_warps} | ' + ' | '.join(map(str, counts)) + ' |', flush=True)
 
 
 if __name__ == '__main__':
