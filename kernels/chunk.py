@@ -471,6 +471,7 @@ def _grad_chunk(q, g, gb, v, do, dq, dg, dgb, dv, states, slow, n, i_bh, T, scal
         _store_chunk(dg, dg_t, t0, T, K, H * K, BT)
         _store_chunk(dv, dv_t, t0, T, V, H * V, BT)
 
+
 @triton.jit
 def _metala_bwd_kernel(q, g, gb, v, do, dq, dg, dgb, dv, states, slow, T, scale,
                        H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
@@ -508,24 +509,25 @@ OUT_CONFIGS = [config for config in FWD_CONFIGS if config.num_warps == 4]
 BWD_CONFIGS = [triton.Config({}, num_warps=8, num_stages=s) for s in (1, 2)]
 
 
-def _launcher(kernel, configs, key=('H', 'K', 'V', 'BT', 'BIDIR', 'SEP_GB', 'RECOMPUTE', 'QS', 'VS', 'PATHS')):
+def _launcher(kernel, configs, key=('H', 'K', 'V', 'BT', 'BIDIR', 'SEP_GB', 'RECOMPUTE', 'QS', 'VS', 'PATHS'),
+              restore=()):
     """kernel[grid](...) autotuned over configs on a GPU, once per compiled variant (T is left out of the
-    key: the best launch depends on the chunk, not on the count of chunks; the list `slow` that step 2 fills is
-    restored after each trial).  The interpreter has no driver to tune with, and METALA_AUTOTUNE=0 (many short
-    test shapes) skips the tuning compiles: both run the first config."""
+    key: the best launch depends on the chunk, not on the count of chunks; the arguments named in restore, which the
+    kernel writes to and reads, such as step 2's list `slow`, are restored after each trial).  The interpreter has
+    no driver to tune with, and METALA_AUTOTUNE=0 (many short test shapes) skips the tuning compiles: both run the
+    first config."""
     if INTERPRET or os.environ.get('METALA_AUTOTUNE', '1') == '0':
         first = configs[0]
         return lambda grid, *args, **kw: kernel[grid](*args, num_warps=first.num_warps,
                                                       num_stages=first.num_stages, **kw)
-    restore = [name for name in ('slow',) if name in kernel.arg_names]
-    tuned = triton.autotune(configs, key=list(key), restore_value=restore)(kernel)
+    tuned = triton.autotune(configs, key=list(key), restore_value=list(restore))(kernel)
     return lambda grid, *args, **kw: tuned[grid](*args, **kw)
 
 
 _states = _launcher(_metala_states_kernel, FWD_CONFIGS,
                     key=('H', 'K', 'V', 'BT', 'REVERSE', 'X_IS_Q', 'CARRY', 'XS', 'YS'))
-_out = _launcher(_metala_out_kernel, OUT_CONFIGS)
-_bwd = _launcher(_metala_bwd_kernel, BWD_CONFIGS)
+_out = _launcher(_metala_out_kernel, OUT_CONFIGS, restore=('slow',))
+_bwd = _launcher(_metala_bwd_kernel, BWD_CONFIGS, restore=('slow',))
 
 # Step 1 carries each state through the chunks in one program per (batch, head), unless the sequence has at least
 # COMBINE_MIN_CHUNKS chunks and there are fewer than CARRY_PROGRAMS_PER_SM such programs per SM: then it computes the
