@@ -1,6 +1,6 @@
 """Chunked MetaLA attention in Triton: bidirectional (and causal) forward and backward kernels.
 
-Chunk-parallel: a states kernel per scan stores the fp32 state entering every chunk of BT tokens (S left to
+Chunk-parallel: a states kernel per scan stores the state entering every chunk of BT tokens (S left to
 right, R right to left; and their gradients dS, dR for the backward), then one program per (chunk, batch, head)
 computes that chunk's outputs or gradients from them.  On long sequences with few (batch, head) pairs the states
 kernel computes every chunk's own term in parallel and a combine kernel scans them into the entering states.  On
@@ -260,7 +260,7 @@ def _metala_states_kernel(x, g, y, states, decays, T, scale, BH_STRIDE,
                           H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                           REVERSE: tl.constexpr, X_IS_Q: tl.constexpr, CARRY: tl.constexpr, PREC: tl.constexpr,
                           XS: tl.constexpr, YS: tl.constexpr):
-    """Step 1: the fp32 state [K, V] entering every chunk n (in scan order, left to right or (REVERSE) right to
+    """Step 1: the state [K, V] entering every chunk n (in scan order, left to right or (REVERSE) right to
     left) at states + n K V: the sum over the chunks already passed of (x f)^T y, decayed by the chunks in
     between.  states points at direction d of [B*H, dirs, N, K, V], BH_STRIDE = dirs N K V; g: the gates of the
     scan whose state this is.
@@ -268,7 +268,8 @@ def _metala_states_kernel(x, g, y, states, decays, T, scale, BH_STRIDE,
       k = 1 - e^g, y = v;
     - gradients (X_IS_Q): dS (right to left, forward gates) and dR (left to right, backward gates): x f = q e^lam,
       y = scale * do.
-    CARRY: one program per (batch, head), grid (1, B*H), runs over its chunks carrying the state.  Otherwise one
+    CARRY: one program per (batch, head), grid (1, B*H), runs over its chunks carrying the state (in fp32; stored in
+    the dtype of states, which step 2's products read: see _states_dtype).  Otherwise one
     program per (chunk, batch, head), grid (N, B*H), stores its chunk's own term there and the chunk's decay [K]
     at decays (direction d of [B*H, dirs, N, K]); _metala_combine_kernel then makes them the entering states.
     (Many (batch, head) pairs fill the GPU with the first; few, on long sequences, leave it idle but for N
@@ -286,7 +287,7 @@ def _metala_states_kernel(x, g, y, states, decays, T, scale, BH_STRIDE,
                 n = NT - 1 - i
             else:
                 n = i
-            tl.store(states + n * K * V + offs, s)
+            tl.store(states + n * K * V + offs, s.to(states.dtype.element_ty))
             term, decay = _chunk_term(x, g, y, n * BT, T, scale, H, K, V, BT, REVERSE, X_IS_Q, PREC, XS, YS)
             s = decay[:, None] * s + term
     else:
@@ -437,7 +438,8 @@ def _grad_chunk(q, g, gb, v, do, dq, dg, dgb, dv, states, slow, n, i_bh, T, scal
         dq_f = _query_grad(qc, k, gc, lam, qf, da, doc, s, fwd_seen_off_diag, fast, False, BT, DT, PREC)
         dk_f = _key_grad(qc, k, gc, lam, kf, da, vc, ds, fwd_seen_off_diag, fast, False, BT, DT, PREC)
         dv_t = tl.dot((k * kf).to(DT), ds.to(DT), input_precision=PREC)
-        dlam, rest = _gate_grad_terms(qc, k, gc, dq_f, dk_f, qc * diag, tl.sum(s_next * ds, axis=1))
+        dlam, rest = _gate_grad_terms(qc, k, gc, dq_f, dk_f, qc * diag,
+                                      tl.sum(s_next.to(tl.float32) * ds.to(tl.float32), axis=1))
         dq_t = dq_f + k * diag
         if BIDIR:
             kb, lam_b, qf_b, kf_b, decay_b = _backward_scan_gates(gbc)
@@ -454,7 +456,8 @@ def _grad_chunk(q, g, gb, v, do, dq, dg, dgb, dv, states, slow, n, i_bh, T, scal
             dq_b = _query_grad(qc, kb, gbc, lam_b, qf_b, da, doc, r, ~fwd_seen, fast_b, True, BT, DT, PREC)
             dk_b = _key_grad(qc, kb, gbc, lam_b, kf_b, da, vc, dr, ~fwd_seen, fast_b, True, BT, DT, PREC)
             dv_t += tl.dot((kb * kf_b).to(DT), dr.to(DT), input_precision=PREC)
-            dlam_b, rest_b = _gate_grad_terms(qc, kb, gbc, dq_b, dk_b, 0., tl.sum(r * dr_next, axis=1))
+            dlam_b, rest_b = _gate_grad_terms(qc, kb, gbc, dq_b, dk_b, 0.,
+                                              tl.sum(r.to(tl.float32) * dr_next.to(tl.float32), axis=1))
             dq_t += dq_b
             if SEP_GB:
                 _store_chunk(dgb, rest_b + dlam_b - tl.cumsum(dlam_b, axis=0, reverse=True), t0, T, K, H * K, BT)
@@ -574,11 +577,23 @@ def _step2_launches(NT, BH, recompute, device):
     return [((NT, BH), 'fast'), ((min(NT * BH, SLOW_PROGRAMS_PER_SM * _sm_count(device)),), 'slow')], slow
 
 
+def _carries(NT, BH, device):
+    return NT < COMBINE_MIN_CHUNKS or BH >= CARRY_PROGRAMS_PER_SM * _sm_count(device)
+
+
+def _states_dtype(v, NT, BH):
+    """The dtype step 1 stores the states in: v's where it carries them, fp32 where it combines the chunks' terms
+    (in place, in fp32).  Step 2's products read the states in v's dtype (its sums of state products convert them
+    to fp32), so storing them so leaves the products as they were and halves the states' bytes with 16-bit
+    inputs."""
+    return v.dtype if _carries(NT, BH, v.device) else torch.float32
+
+
 def _fill_states(states, q, scans, T, scale, shapes):
     """Step 1 for the scans [(y, gates, REVERSE, X_IS_Q)], one a slot of states [B*H, dirs, N, K, V] (q and
-    each y in token rows, see token_rows)."""
+    each y in token rows, see token_rows; states in _states_dtype)."""
     BH, dirs, NT, K, V = states.shape
-    carry = NT < COMBINE_MIN_CHUNKS or BH >= CARRY_PROGRAMS_PER_SM * _sm_count(q.device)
+    carry = _carries(NT, BH, q.device)
     decays = states if carry else states.new_empty(BH, dirs, NT, K)  # unused when carrying
     for slot, (y, gates, reverse, x_is_q) in enumerate(scans):
         _states((1 if carry else NT, BH), q, gates, y, states[:, slot], decays[:, slot], T, scale, states.stride(0),
@@ -602,7 +617,8 @@ def _chunk_fwd(q: torch.Tensor, g: torch.Tensor, gb: torch.Tensor, v: torch.Tens
     recompute = _recompute_states(NT, B * H, v.device)
     shapes = dict(H=H, K=K, V=V, BT=BT, PREC=_precision(v))
     # S, R entering each chunk
-    states = v.new_empty(0 if recompute else B * H, 2 if not causal else 1, NT, K, V, dtype=torch.float32)
+    states = v.new_empty(0 if recompute else B * H, 2 if not causal else 1, NT, K, V,
+                         dtype=_states_dtype(v, NT, B * H))
     if not recompute:
         scans = [(v, g, False, False)] + ([] if causal else [(v, gb, True, False)])  # (y, gates, REVERSE, X_IS_Q)
         _fill_states(states, q, scans, T, scale, shapes)
@@ -626,7 +642,7 @@ def _chunk_bwd(q: torch.Tensor, g: torch.Tensor, gb: torch.Tensor, v: torch.Tens
     NT = triton.cdiv(T, BT)
     recompute = _recompute_states(NT, B * H, v.device)
     shapes = dict(H=H, K=K, V=V, BT=BT, PREC=_precision(v))
-    states = v.new_empty(0 if recompute else B * H, 2 if causal else 4, NT, K, V, dtype=torch.float32)
+    states = v.new_empty(0 if recompute else B * H, 2 if causal else 4, NT, K, V, dtype=_states_dtype(v, NT, B * H))
     if not recompute:
         scans = [(v, g, False, False), (do, g, True, True)]  # (y, gates, REVERSE, X_IS_Q): S, dS
         if not causal:

@@ -96,12 +96,17 @@ def test_head_dims(backend, K, V):
 
 @pytest.mark.parametrize('g_low', [-0.2, -0.8])
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize('backend', BACKENDS)
-def test_half_precision(backend, dtype, g_low):
+@pytest.mark.parametrize('backend, states', [('torch', None), pytest.param('triton', 'recomputed', marks=NEEDS_TRITON),
+                                             pytest.param('triton', 'stored', marks=NEEDS_TRITON)])
+def test_half_precision(backend, states, dtype, g_low, monkeypatch):
     """Half inputs: result in the input dtype, error measured against the oracle on the rounded inputs.  With
-    g_low -0.8 a 64-token chunk decays by about e^-26: one product's factors (up to e^26) would overflow fp16."""
+    g_low -0.8 a 64-token chunk decays by about e^-26: one product's factors (up to e^26) would overflow fp16.  The
+    Triton kernels' states recomputed by each program of step 2, or stored by step 1 (in the input dtype)."""
     if backend == 'triton' and dtype == torch.bfloat16 and DEVICE == 'cpu':
         pytest.skip("triton's interpreter has no bfloat16 (no get_bf16); checked on CUDA")
+    if states == 'stored':
+        from metala_kernels import chunk
+        monkeypatch.setattr(chunk, 'RECOMPUTE_MAX_CHUNKS', 0)
     x, mask = make_inputs(2, 100, 2, 32, 64, g_low=g_low)
     x = {n: t.to(dtype).double() for n, t in x.items()}
     do = torch.randn(2, 100, 2, 64, dtype=torch.float64).to(dtype).double()
