@@ -256,7 +256,7 @@ def _state_over(x, g, y, first, count, T, scale, H: tl.constexpr, K: tl.constexp
 
 
 @triton.jit
-def _metala_states_kernel(x, g, y, states, decays, T, scale, BH_STRIDE,
+def _metala_states_kernel(x, g, y, states, decays, slow, T, scale, BH_STRIDE,
                           H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                           REVERSE: tl.constexpr, X_IS_Q: tl.constexpr, CARRY: tl.constexpr, PREC: tl.constexpr,
                           XS: tl.constexpr, YS: tl.constexpr):
@@ -273,8 +273,11 @@ def _metala_states_kernel(x, g, y, states, decays, T, scale, BH_STRIDE,
     program per (chunk, batch, head), grid (N, B*H), stores its chunk's own term there and the chunk's decay [K]
     at decays (direction d of [B*H, dirs, N, K]); _metala_combine_kernel then makes them the entering states.
     (Many (batch, head) pairs fill the GPU with the first; few, on long sequences, leave it idle but for N
-    sequential steps, which the second splits.)"""
+    sequential steps, which the second splits.)  Program (0, 0) also empties step 2's list at slow (its count; see
+    _step2_launches), which would take a launch of its own."""
     i_bh = tl.program_id(1)
+    if (tl.program_id(0) == 0) & (i_bh == 0):
+        tl.store(slow, 0)
     x, g, y = _head(x, i_bh, T, H, K, XS), _head(g, i_bh, T, H, K, H * K), _head(y, i_bh, T, H, V, YS)
     states = states + i_bh.to(tl.int64) * BH_STRIDE
     decays = decays + i_bh.to(tl.int64) * (BH_STRIDE // V)  # [B*H, dirs, N, K]: dirs N K apart
@@ -573,7 +576,7 @@ def _step2_launches(NT, BH, recompute, device):
     sequences, launches few) keep both paths in one launch."""
     if recompute:
         return [((NT, BH), 'both')], torch.empty(0, dtype=torch.int32, device=device)
-    slow = torch.zeros(1 + NT * BH, dtype=torch.int32, device=device)
+    slow = torch.empty(1 + NT * BH, dtype=torch.int32, device=device)  # emptied by step 1
     return [((NT, BH), 'fast'), ((min(NT * BH, SLOW_PROGRAMS_PER_SM * _sm_count(device)),), 'slow')], slow
 
 
@@ -589,15 +592,15 @@ def _states_dtype(v, NT, BH):
     return v.dtype if _carries(NT, BH, v.device) else torch.float32
 
 
-def _fill_states(states, q, scans, T, scale, shapes):
+def _fill_states(states, slow, q, scans, T, scale, shapes):
     """Step 1 for the scans [(y, gates, REVERSE, X_IS_Q)], one a slot of states [B*H, dirs, N, K, V] (q and
-    each y in token rows, see token_rows; states in _states_dtype)."""
+    each y in token rows, see token_rows; states in _states_dtype); empties step 2's list slow."""
     BH, dirs, NT, K, V = states.shape
     carry = _carries(NT, BH, q.device)
     decays = states if carry else states.new_empty(BH, dirs, NT, K)  # unused when carrying
     for slot, (y, gates, reverse, x_is_q) in enumerate(scans):
-        _states((1 if carry else NT, BH), q, gates, y, states[:, slot], decays[:, slot], T, scale, states.stride(0),
-                REVERSE=reverse, X_IS_Q=x_is_q, CARRY=carry, XS=q.stride(1), YS=y.stride(1), **shapes)
+        _states((1 if carry else NT, BH), q, gates, y, states[:, slot], decays[:, slot], slow, T, scale,
+                states.stride(0), REVERSE=reverse, X_IS_Q=x_is_q, CARRY=carry, XS=q.stride(1), YS=y.stride(1), **shapes)
     if not carry:
         reversed_slots = sum(int(reverse) << slot for slot, (_, _, reverse, _) in enumerate(scans))
         _metala_combine_kernel[(triton.cdiv(K * V, COMBINE_BLOCK), BH * dirs)](
@@ -619,10 +622,10 @@ def _chunk_fwd(q: torch.Tensor, g: torch.Tensor, gb: torch.Tensor, v: torch.Tens
     # S, R entering each chunk
     states = v.new_empty(0 if recompute else B * H, 2 if not causal else 1, NT, K, V,
                          dtype=_states_dtype(v, NT, B * H))
+    launches, slow = _step2_launches(NT, B * H, recompute, v.device)
     if not recompute:
         scans = [(v, g, False, False)] + ([] if causal else [(v, gb, True, False)])  # (y, gates, REVERSE, X_IS_Q)
-        _fill_states(states, q, scans, T, scale, shapes)
-    launches, slow = _step2_launches(NT, B * H, recompute, v.device)
+        _fill_states(states, slow, q, scans, T, scale, shapes)
     for grid, paths in launches:
         _out(grid, q, g, gb, v, o, states, slow, T, scale, BIDIR=not causal, SEP_GB=sep, RECOMPUTE=recompute,
              QS=q.stride(1), VS=v.stride(1), PATHS=paths, **shapes)
@@ -643,12 +646,12 @@ def _chunk_bwd(q: torch.Tensor, g: torch.Tensor, gb: torch.Tensor, v: torch.Tens
     recompute = _recompute_states(NT, B * H, v.device)
     shapes = dict(H=H, K=K, V=V, BT=BT, PREC=_precision(v))
     states = v.new_empty(0 if recompute else B * H, 2 if causal else 4, NT, K, V, dtype=_states_dtype(v, NT, B * H))
+    launches, slow = _step2_launches(NT, B * H, recompute, v.device)
     if not recompute:
         scans = [(v, g, False, False), (do, g, True, True)]  # (y, gates, REVERSE, X_IS_Q): S, dS
         if not causal:
             scans += [(v, gb, True, False), (do, gb, False, True)]  # R, dR
-        _fill_states(states, q, scans, T, scale, shapes)
-    launches, slow = _step2_launches(NT, B * H, recompute, v.device)
+        _fill_states(states, slow, q, scans, T, scale, shapes)
     for grid, paths in launches:
         _bwd(grid, q, g, gb, v, do, dq, dg, dgb if sep else dg, dv, states, slow, T, scale, BIDIR=not causal,
              SEP_GB=sep, RECOMPUTE=recompute, QS=q.stride(1), VS=v.stride(1), PATHS=paths, **shapes)

@@ -185,9 +185,18 @@ def test_chunks_of_both_gate_regimes_in_one_call(backend):
 def test_chunks_at_the_launch_thresholds(dtype, log_decays, monkeypatch):
     """With the states stored, step 2 runs a launch without the per-key path, which lists the chunks that decay
     past a threshold, and a launch with it over that list: chunks decaying by e^x for x across the threshold (e^-30,
-    fp16 e^-10), one a chunk, each computed (a chunk left to neither launch holds garbage) and equal to the oracle."""
+    fp16 e^-10), one a chunk, each computed (a chunk left to neither launch holds garbage) and equal to the oracle.
+    The list comes with garbage in it (two entries of chunk 0): step 1 empties it, so it ends listing each chunk
+    below the threshold once."""
     from metala_kernels import chunk
     monkeypatch.setattr(chunk, 'RECOMPUTE_MAX_CHUNKS', 0)
+    lists, step2_launches = [], chunk._step2_launches
+
+    def with_garbage(*args):
+        launches, slow = step2_launches(*args)
+        lists.append(slow.fill_(0).index_fill_(0, torch.tensor([0], device=slow.device), 2))
+        return launches, slow
+    monkeypatch.setattr(chunk, '_step2_launches', with_garbage)
     BT, T = 64, 64 * len(log_decays)
     x, mask = make_inputs(1, T, 2, 16, 32, seed=13)
     x = {n: t.to(dtype).double() for n, t in x.items()}
@@ -195,6 +204,10 @@ def test_chunks_at_the_launch_thresholds(dtype, log_decays, monkeypatch):
         .expand_as(x['g']).to(dtype).double()
     do = torch.randn(1, T, 2, 32, dtype=torch.float64).to(dtype).double()
     assert_close(run(x, mask, dtype, do, backend='triton'), oracle(x, mask, do, False), TOL[dtype])
+    assert len(lists) == 2  # forward, backward
+    for slow in lists:
+        count, ids = slow[0].item(), slow[1:1 + slow[0]].tolist()
+        assert 0 < count <= 2 * len(log_decays) and len(set(ids)) == count, (count, ids)
 
 
 @NEEDS_TRITON
