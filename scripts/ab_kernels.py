@@ -9,7 +9,9 @@ over the rounds with the ratios to the first version, then every round's times (
 A case B:T:MODE:GATES is the batch, the tokens, bidir or causal, and a factor on MetaLA's gates logsigmoid(randn) / 16
 (200: every chunk decays past e^-30, the per-key path); H 6, K 32, V 64 (ViT-S heads), bf16 on CUDA.  The
 kernels autotune in each process as they do in training.  --device cpu runs the same in fp32 under Triton's
-interpreter: a check of the script, not a timing.
+interpreter: a check of the script, not a timing.  --graphs times each call replayed from a CUDA graph
+(`triton.testing.do_bench_cudagraph`, after a first call that autotunes): the GPU's time alone, without the host's
+launches, which bound these kernels at batch 128 and below.
 """
 import argparse
 import json
@@ -43,7 +45,7 @@ def export(version, into):
         raise SystemExit(f'{version}: no chunk.py in its kernels')
 
 
-def time_version(case_names, device):
+def time_version(case_names, device, graphs):
     """{case: (fwd ms, bwd ms)} and the file of the chunk module timed: the metala_kernels first on sys.path (run in a
     worker process)."""
     import torch
@@ -59,11 +61,15 @@ def time_version(case_names, device):
         g = (F.logsigmoid(torch.randn(B, T, H, K, device=device, generator=gen)) / 16 * float(gates)).contiguous()
         fwd = lambda: chunk._chunk_fwd(q, g, g, v, K ** -0.5, causal, False)  # noqa: E731
         bwd = lambda: chunk._chunk_bwd(q, g, g, v, do, K ** -0.5, causal, False)  # noqa: E731
-        times[name] = (milliseconds(fwd, device), milliseconds(bwd, device))
+        times[name] = (milliseconds(fwd, device, graphs), milliseconds(bwd, device, graphs))
     return times, chunk.__file__
 
 
-def milliseconds(fn, device):
+def milliseconds(fn, device, graphs):
+    if graphs:
+        from triton.testing import do_bench_cudagraph
+        fn()  # autotunes outside the graph
+        return do_bench_cudagraph(fn, rep=300, return_mode='median')
     if device == 'cuda':
         from triton.testing import do_bench
         return do_bench(fn, warmup=50, rep=300, return_mode='median')
@@ -101,9 +107,12 @@ def main():
     parser.add_argument('--rounds', type=int, default=2)
     parser.add_argument('--cases', nargs='+', default=CASES, metavar='B:T:MODE:GATES')
     parser.add_argument('--device', default='cuda', choices=['cuda', 'cpu'])
+    parser.add_argument('--graphs', action='store_true', help='replay the calls from CUDA graphs (GPU time alone)')
     parser.add_argument('--out', help='also write the table here')
     parser.add_argument('--worker', help=argparse.SUPPRESS)  # a folder holding metala_kernels: time it, print JSON
     args = parser.parse_args()
+    if args.graphs and args.device != 'cuda':
+        parser.error('--graphs needs --device cuda')
     if len(set(args.versions)) < len(args.versions):
         parser.error('a version named twice')
     for case in args.cases:
@@ -112,7 +121,7 @@ def main():
             parser.error(f'--cases: {case!r} is not B:T:bidir|causal:GATES')
     if args.worker:
         sys.path.insert(0, args.worker)
-        print(json.dumps(time_version(args.cases, args.device)))
+        print(json.dumps(time_version(args.cases, args.device, args.graphs)))
         return
     env = dict(os.environ, PYTHONUNBUFFERED='1')
     if args.device == 'cpu':
@@ -126,7 +135,8 @@ def main():
             rounds.append({})
             for version, folder in folders.items():
                 out = subprocess.run([sys.executable, __file__, *args.versions, '--device', args.device,
-                                      '--worker', str(folder), '--cases', *args.cases], env=env, text=True,
+                                      *(['--graphs'] if args.graphs else []), '--worker', str(folder), '--cases',
+                                      *args.cases], env=env, text=True,
                                      stdout=subprocess.PIPE, check=True).stdout
                 times, timed_file = json.loads(out.splitlines()[-1])
                 if not Path(timed_file).resolve().is_relative_to(folder.resolve()):

@@ -30,3 +30,9 @@ def test_bad_case_is_named():
     result = subprocess.run([sys.executable, str(SCRIPT), 'HEAD', '--cases', '128:197:both:1'], capture_output=True,
                             text=True)
     assert result.returncode == 2 and "--cases: '128:197:both:1'" in result.stderr
+
+
+def test_graphs_need_cuda():
+    result = subprocess.run([sys.executable, str(SCRIPT), 'HEAD', '--graphs', '--device', 'cpu'], capture_output=True,
+                            text=True)
+    assert result.returncode == 2 and '--graphs needs --device cuda' in result.stderr
