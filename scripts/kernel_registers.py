@@ -22,33 +22,38 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from metala_kernels import chunk  # noqa: E402
 
-# pointers to fp32 (gates as the mixer gives them, states, chunk decays); the others bf16
-FP32 = ('g', 'gb', 'dg', 'dgb', 'states', 'decays')
-INT32 = ('slow',)  # the chunk list of step 2
-STATES = ('x', 'g', 'y', 'states', 'decays')
-KERNELS = [  # (name, kernel, pointer args, constexpr variant, warps to try)
-    ('states (values), carried', chunk._metala_states_kernel, STATES, dict(REVERSE=False, X_IS_Q=False, CARRY=True),
-     (4, 8)),
-    ('states (gradients), carried', chunk._metala_states_kernel, STATES, dict(REVERSE=True, X_IS_Q=True, CARRY=True),
-     (4, 8)),
-    ('states (values), chunk terms', chunk._metala_states_kernel, STATES,
+
+def pointers(names, states='*bf16'):
+    """Pointer types: fp32 gates (as the mixer gives them) and chunk decays, the int32 chunk list of step 2, states
+    in bf16 where carried (chunk._states_dtype) or fp32 (chunk terms, combined), the others bf16."""
+    return {name: '*fp32' if name in ('g', 'gb', 'dg', 'dgb', 'decays') else '*i32' if name == 'slow'
+            else states if name == 'states' else '*bf16' for name in names}
+
+
+STATES = ('x', 'g', 'y', 'states', 'decays', 'slow')
+KERNELS = [  # (name, kernel, pointer args and types, constexpr variant, warps to try); step 2 reads carried states
+    ('states (values), carried', chunk._metala_states_kernel, pointers(STATES),
+     dict(REVERSE=False, X_IS_Q=False, CARRY=True), (4, 8)),
+    ('states (gradients), carried', chunk._metala_states_kernel, pointers(STATES),
+     dict(REVERSE=True, X_IS_Q=True, CARRY=True), (4, 8)),
+    ('states (values), chunk terms', chunk._metala_states_kernel, pointers(STATES, '*fp32'),
      dict(REVERSE=False, X_IS_Q=False, CARRY=False), (4, 8)),
-    ('states, combine', chunk._metala_combine_kernel, ('states', 'decays'),
+    ('states, combine', chunk._metala_combine_kernel, pointers(('states', 'decays'), '*fp32'),
      dict(DIRS=2, REVERSED=2, BLOCK=chunk.COMBINE_BLOCK, CHUNKS=chunk.COMBINE_CHUNKS), (4,)),
 ] + [  # step 2, both modes: its two launches with the states from step 1, and its one with the states recomputed
     (f"{name}, {'bidirectional' if bidir else 'causal'}, "
-     f"{'states recomputed' if recompute else f'{paths} launch'}", kernel, pointers,
+     f"{'states recomputed' if recompute else f'{paths} launch'}", kernel, types,
      dict(BIDIR=bidir, SEP_GB=False, RECOMPUTE=recompute, PATHS=paths), warps)
-    for name, kernel, pointers, warps in (
-        ('output', chunk._metala_out_kernel, ('q', 'g', 'gb', 'v', 'o', 'states', 'slow'), (4, 8)),
-        ('backward', chunk._metala_bwd_kernel, ('q', 'g', 'gb', 'v', 'do', 'dq', 'dg', 'dgb', 'dv', 'states', 'slow'),
-         (8,)))
+    for name, kernel, types, warps in (
+        ('output', chunk._metala_out_kernel, pointers(('q', 'g', 'gb', 'v', 'o', 'states', 'slow')), (4, 8)),
+        ('backward', chunk._metala_bwd_kernel,
+         pointers(('q', 'g', 'gb', 'v', 'do', 'dq', 'dg', 'dgb', 'dv', 'states', 'slow')), (8,)))
     for recompute, paths in ((False, 'fast'), (False, 'slow'), (True, 'both')) for bidir in (True, False)]
 
 
-def resources(kernel, pointers, constexprs, num_warps, arch):
+def resources(kernel, pointer_types, constexprs, num_warps, arch):
     """(registers per thread, spill store bytes, shared memory bytes, SASS instructions) of one compiled variant."""
-    signature = {name: '*fp32' if name in FP32 else '*i32' if name in INT32 else '*bf16' for name in pointers}
+    signature = dict(pointer_types)
     signature.update({name: 'fp32' if name == 'scale' else 'i32' for name in ('T', 'NT', 'scale', 'BH_STRIDE')
                       if name in kernel.arg_names})
     signature.update({name: 'constexpr' for name in constexprs})
