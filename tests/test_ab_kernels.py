@@ -1,10 +1,12 @@
 """scripts/ab_kernels.py: two versions of the kernels (a git revision and a folder) timed side by side in worker
-processes that import each version's own copy; on the CPU under Triton's interpreter (a check, not a timing)."""
+processes that import each version's own copy; on the CPU under Triton's interpreter (a check, not a timing), on a
+GPU compiled (triton 3.6's interpreter, on the GPU machines, cannot run the kernels: a loop over a tensor's range)."""
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / 'scripts' / 'ab_kernels.py'
@@ -14,7 +16,8 @@ pytestmark = pytest.mark.skipif(not (REPO / '.git').exists(), reason='needs the 
 def test_two_versions_side_by_side(tmp_path):
     # 3:20 with stored states (step 2 in two launches on the CPU), 1:20 causal with strong gates recomputed
     cases = ['3:20:bidir:1', '1:20:causal:200']
-    out = subprocess.run([sys.executable, str(SCRIPT), 'HEAD', 'kernels', '--device', 'cpu', '--rounds', '1',
+    device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    out = subprocess.run([sys.executable, str(SCRIPT), 'HEAD', 'kernels', '--device', device, '--rounds', '1',
                           '--cases', *cases, '--out', str(tmp_path / 'ab.md')], cwd=REPO, capture_output=True,
                          text=True, check=True).stdout
     lines = (tmp_path / 'ab.md').read_text().splitlines()
