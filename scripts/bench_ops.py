@@ -2,11 +2,16 @@
 
 Peers at the same B, T, H: SDPA (FlashAttention backend, head dim 64), fla's two-pass bidirectional GLA
 (chunk_gla + chunk_gla on the flipped sequence, k = 1 - alpha given), and fla's chunk_gla for the causal
-mode.  Medians of triton.testing.do_bench.  The bytes floor is q, g, v read once and o written once over
-the measured device-to-device copy bandwidth.
+mode.  Medians of triton.testing.do_bench (do_bench_cudagraph with --graphs).  The bytes floor is q, g, v read
+once and o written once over the measured device-to-device copy bandwidth.
 
     python scripts/bench_ops.py [--dtype bf16] [--out benchmarks/ops.md] [--shapes B:T:H ...] [--widths K:V ...]
-                                [--no-fla]
+                                [--no-fla] [--graphs]
+
+The calls are timed as a program calls them, host included (do_bench): at T 197 our forward and backward kernels
+take 0.1-0.8 ms, about what Python spends launching them, so the whole-op times there move with the host.  --graphs
+replays every timed call (ours and the peers') from a CUDA graph (do_bench_cudagraph): the GPU's time alone, which
+is what a model trained under CUDA graphs, or at a batch that keeps the GPU ahead of the host, sees.
 
 Each (K, V) row first compiles and autotunes our kernels and fla's (minutes: on an H200 the first row took more
 than 4 minutes): on a time budget, split the rows over GPUs or processes with --shapes / --widths, or leave fla's
@@ -28,7 +33,9 @@ SHAPES = [(256, 197, 6), (64, 1024, 6), (8, 4096, 6), (2, 16384, 6)]
 WIDTHS = [(32, 64), (64, 64)]  # (K, V): ViT-S MetaLA heads, and K = V = 64
 
 
-def bench(fn, grad_of=()):
+def bench(fn, grad_of=(), graphs=False):
+    if graphs:  # its first call, outside the graph, autotunes
+        return triton.testing.do_bench_cudagraph(fn, rep=100, grad_to_none=list(grad_of), return_mode='median')
     return triton.testing.do_bench(fn, warmup=25, rep=100, grad_to_none=list(grad_of), return_mode='median')
 
 
@@ -39,14 +46,14 @@ def copy_bandwidth():
     return 2 * src.numel() * 4 / (bench(lambda: dst.copy_(src)) * 1e-3)
 
 
-def fwd_and_train(fn, inputs):
-    """(fwd ms, fwd+bwd ms) of fn(*inputs) -> tensor, with a fixed random output gradient."""
+def fwd_and_train(fn, inputs, graphs=False):
+    """(fwd ms, fwd+bwd ms) of fn(*inputs) -> tensor, with a fixed random output gradient (graphs: see bench)."""
     with torch.no_grad():
         do = torch.randn_like(fn(*inputs))
     leaves = [x for x in inputs if x.requires_grad]
     with torch.no_grad():
-        fwd = bench(lambda: fn(*inputs))
-    train = bench(lambda: fn(*inputs).backward(do), leaves)
+        fwd = bench(lambda: fn(*inputs), graphs=graphs)
+    train = bench(lambda: fn(*inputs).backward(do), leaves, graphs)
     return fwd, train
 
 
@@ -86,27 +93,27 @@ def sdpa(q, k, v):
         return F.scaled_dot_product_attention(q, k, v)
 
 
-def run(shapes, widths, dtype, bandwidth, out_path, head, with_fla=True):
-    """Times every (B, T, H) of shapes at every (K, V) of widths; the file at out_path gets each row as it is
-    measured.  Without with_fla, fla's columns are nan (printed as -)."""
+def run(shapes, widths, dtype, bandwidth, out_path, head, with_fla=True, graphs=False):
+    """Times every (B, T, H) of shapes at every (K, V) of widths (graphs: see bench); the file at out_path gets each
+    row as it is measured.  Without with_fla, fla's columns are nan (printed as -)."""
     rows = []
     for B, T, H in shapes:
         qs = [torch.randn(B, H, T, 64, device='cuda', dtype=dtype, requires_grad=True) for _ in range(3)]
-        sdpa_fwd, sdpa_train = fwd_and_train(sdpa, qs)
+        sdpa_fwd, sdpa_train = fwd_and_train(sdpa, qs, graphs)
         del qs
         for K, V in widths:
             q, g, v = metala_inputs(B, T, H, K, V, dtype)
             # as the layers call it: their g = logsigmoid(.) / 16 <= 0 needs no check (a host sync by default)
-            ours = fwd_and_train(lambda q, g, v: metala_attn(q, g, v, check_gates=False), (q, g, v))
+            ours = fwd_and_train(lambda q, g, v: metala_attn(q, g, v, check_gates=False), (q, g, v), graphs)
             ours_causal = fwd_and_train(lambda q, g, v: metala_attn(q, g, v, causal=True, check_gates=False),
-                                        (q, g, v))
+                                        (q, g, v), graphs)
             k = (1 - g.float().exp()).to(dtype).detach().requires_grad_()
             g32 = g.float().detach().requires_grad_()
             fla_bi = fla_c = (float('nan'), float('nan'))
             if with_fla:
                 try:
-                    fla_bi = fwd_and_train(fla_bidirectional, (q, k, v, g32))
-                    fla_c = fwd_and_train(fla_causal, (q, k, v, g32))
+                    fla_bi = fwd_and_train(fla_bidirectional, (q, k, v, g32), graphs)
+                    fla_c = fwd_and_train(fla_causal, (q, k, v, g32), graphs)
                 except ImportError:
                     pass
             err = max(check_against_torch_path(q, g, v, False), check_against_torch_path(q, g, v, True))
@@ -147,6 +154,7 @@ def main():
     parser.add_argument('--widths', nargs='+', metavar='K:V', type=lambda s: tuple(map(int, s.split(':'))),
                         default=WIDTHS, help='head widths to time at each shape (default: %(default)s)')
     parser.add_argument('--no-fla', action='store_true', help="leave out fla's columns (they autotune for minutes)")
+    parser.add_argument('--graphs', action='store_true', help='time every call replayed from a CUDA graph (GPU time)')
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit('bench_ops.py times GPU kernels: no CUDA device is visible')
@@ -161,12 +169,16 @@ def main():
             f'- device: {torch.cuda.get_device_name()}; measured copy bandwidth {bandwidth / 1e12:.2f} TB/s\n'
             f'- torch {torch.__version__}, triton {triton.__version__}, fla {fla_version}, '
             f'python {platform.python_version()}; date {datetime.date.today()}\n'
-            f'- times are medians in ms (triton.testing.do_bench); SDPA is FlashAttention at head dim 64 and '
+            f'- times are medians in ms ('
+            + ('triton.testing.do_bench_cudagraph: every call replayed from a CUDA graph, the GPU\'s time without '
+               'the host\'s' if args.graphs else 'triton.testing.do_bench: host included') +
+            f'); SDPA is FlashAttention at head dim 64 and '
             f'the same B, T, H; fla 2-pass = chunk_gla + chunk_gla on the flipped sequence; '
             f'floor = q, g, v read once + o written once at the copy bandwidth; max rel err = o, dq, dg, dv of '
             f'the timed kernels (both modes) against the PyTorch path in fp32; ours = metala_attn(q, g, v, '
             f'check_gates=False), as the layers call it (the default check of g <= 0 syncs with the host)\n\n')
-    rows = run(args.shapes, args.widths, dtype, bandwidth, args.out, head, with_fla=not args.no_fla)
+    rows = run(args.shapes, args.widths, dtype, bandwidth, args.out, head, with_fla=not args.no_fla,
+               graphs=args.graphs)
     print(head + table(rows))
 
 
