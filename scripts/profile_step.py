@@ -4,12 +4,17 @@ the top ops by device time and by host (CPU) time.  A step much longer than its 
 
     python scripts/profile_step.py [--models metala_vit_s deit_small_patch16_224] [--res 224] [--batch 128]
                                    [--steps 5] [--device cuda|cpu]
+    python scripts/profile_step.py --lra configs/lra/listops.yaml [key=value ...] [--steps 5] [--device cuda|cpu]
 
 A step is forward + backward + AdamW (fused on CUDA) under bf16 autocast on CUDA; --device cpu runs it in fp32, a
-check of the script rather than a profile worth reading.
+check of the script rather than a profile worth reading.  --lra profiles the LRAClassifier that scripts/lra.py
+builds from that config (and overrides), at the config's batch size, on random tokens padded to the task's length
+with a mask of random lengths from a quarter of it to all of it (ListOps' 500-2,000 of 2,000).
 """
 import argparse
+import importlib.util
 import time
+from pathlib import Path
 
 import timm
 import torch
@@ -19,20 +24,38 @@ from torch.profiler import ProfilerActivity, profile
 import metala_vision  # noqa: F401  (registers the models)
 
 
-def profile_step(name, res, batch, steps, device, **model_kwargs):
-    """-> dict(wall_ms, profiled_ms, kernel_ms: per step; by_device, by_host: the top-op tables) of model `name`."""
-    cuda = device == 'cuda'
+def vit_case(name, res, batch, device, **model_kwargs):
+    """(model, inputs, labels) of a timm model `name` at res px."""
     model = timm.create_model(name, img_size=res, num_classes=1000, **model_kwargs).to(device)
+    return model, (torch.randn(batch, 3, res, res, device=device),), torch.randint(0, 1000, (batch,), device=device)
+
+
+def lra_case(config, overrides, device):
+    """(model, inputs, labels) of the LRA classifier scripts/lra.py builds from config and overrides."""
+    spec = importlib.util.spec_from_file_location('_lra_script', Path(__file__).with_name('lra.py'))
+    lra = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lra)
+    cfg = lra.resolve_config(lra.parse_args(['--config', config, *overrides]))
+    info = lra.LRA_TASKS[cfg['task']]
+    B, T = cfg['batch_size'], cfg['max_len']
+    ids = torch.randint(1, info.vocab_size, (B, T), device=device)
+    mask = torch.arange(T, device=device)[None] < torch.randint(T // 4, T + 1, (B, 1), device=device)
+    inputs = (ids, mask) * (2 if info.paired else 1)
+    return lra.build_model(cfg).to(device), inputs, torch.randint(0, info.num_classes, (B,), device=device)
+
+
+def profile_step(model, inputs, labels, steps, device):
+    """-> dict(wall_ms, profiled_ms, kernel_ms: per step; by_device, by_host: the top-op tables) of model(*inputs)
+    trained on labels."""
+    cuda = device == 'cuda'
     opt = torch.optim.AdamW(model.parameters(), 1e-4, fused=cuda)
-    x = torch.randn(batch, 3, res, res, device=device)
-    y = torch.randint(0, 1000, (batch,), device=device)
 
     def run(n):
         """Seconds a step over n steps."""
         start = time.perf_counter()
         for _ in range(n):
             with torch.autocast(device, torch.bfloat16, enabled=cuda):
-                loss = torch.nn.functional.cross_entropy(model(x), y)
+                loss = torch.nn.functional.cross_entropy(model(*inputs), labels)
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -51,20 +74,35 @@ def profile_step(name, res, batch, steps, device, **model_kwargs):
                 by_host=events.table(sort_by='self_cpu_time_total', row_limit=25, max_name_column_width=70))
 
 
+def report(title, r):
+    print(f"== {title}: {r['wall_ms']:.2f} ms a step ({r['profiled_ms']:.2f} profiled), kernels "
+          f"{r['kernel_ms']:.2f} ms a step")
+    print(r['by_device'])
+    print(r['by_host'])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--models', nargs='+', default=['metala_vit_s', 'deit_small_patch16_224'])
     parser.add_argument('--res', type=int, default=224)
     parser.add_argument('--batch', type=int, default=128)
+    parser.add_argument('--lra', metavar='CONFIG', help="an LRA config (configs/lra/*.yaml): profile its classifier "
+                        "instead of --models (--res and --batch do not apply)")
+    parser.add_argument('overrides', nargs='*', metavar='key=value', help='settings of the --lra config to override')
     parser.add_argument('--steps', type=int, default=5, help='steps profiled (and timed without the profiler)')
     parser.add_argument('--device', choices=('cuda', 'cpu'), default='cuda')
     args = parser.parse_args()
+    if args.overrides and not args.lra:
+        parser.error('key=value overrides go with --lra')
+    if args.lra:
+        model, inputs, labels = lra_case(args.lra, args.overrides, args.device)
+        B, T = inputs[0].shape
+        report(f'{args.lra} {" ".join(args.overrides)}, batch {B}, {T} tokens',
+               profile_step(model, inputs, labels, args.steps, args.device))
+        return
     for name in args.models:
-        r = profile_step(name, args.res, args.batch, args.steps, args.device)
-        print(f"== {name}, {args.res} px, batch {args.batch}: {r['wall_ms']:.2f} ms a step "
-              f"({r['profiled_ms']:.2f} profiled), kernels {r['kernel_ms']:.2f} ms a step")
-        print(r['by_device'])
-        print(r['by_host'])
+        r = profile_step(*vit_case(name, args.res, args.batch, args.device), args.steps, args.device)
+        report(f'{name}, {args.res} px, batch {args.batch}', r)
 
 
 if __name__ == '__main__':

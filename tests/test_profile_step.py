@@ -1,13 +1,27 @@
 """scripts/profile_step.py on the CPU: a step is profiled and timed, and the host-time table names the model's ops.
 Its numbers are not checked: timings are not tests."""
+import torch
+
 from script_loader import load_script
 
 profile_step = load_script('profile_step')
 
 
 def test_profiles_a_training_step(one_thread):
-    r = profile_step.profile_step('metala_vit_t_p4_32', res=32, batch=2, steps=1, device='cpu', depth=1,
-                                  embed_dim=64, num_heads=2)
+    case = profile_step.vit_case('metala_vit_t_p4_32', res=32, batch=2, device='cpu', depth=1, embed_dim=64,
+                                 num_heads=2)
+    r = profile_step.profile_step(*case, steps=1, device='cpu')
     assert r['wall_ms'] > 0 and r['profiled_ms'] > 0
     assert r['kernel_ms'] == 0 and r['by_device'] == ''  # no CUDA kernels on the CPU
     assert 'aten::mm' in r['by_host'] and 'Optimizer.step#AdamW.step' in r['by_host']
+
+
+def test_profiles_the_lra_classifier_of_a_config(one_thread):
+    """The ListOps classifier as scripts/lra.py builds it (made small by overrides), on a padded, masked batch."""
+    model, (ids, mask), labels = profile_step.lra_case('configs/lra/listops.yaml',
+                                                       ['depth=1', 'dim=32', 'num_heads=1', 'batch_size=2',
+                                                        'max_len=64'], 'cpu')
+    assert ids.shape == mask.shape == (2, 64) and mask.dtype == torch.bool and labels.shape == (2,)
+    assert len(model.blocks) == 1 and mask.sum(1).min() >= 16
+    r = profile_step.profile_step(model, (ids, mask), labels, steps=1, device='cpu')
+    assert r['wall_ms'] > 0 and 'Optimizer.step#AdamW.step' in r['by_host']
