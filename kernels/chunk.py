@@ -201,8 +201,8 @@ def _gate_grad_terms(qc, k, g, dq, dk, dk_diag, later):
 def _chunk_output(qc, gc, gbc, vc, s, r, BIDIR: tl.constexpr, BT: tl.constexpr, DT: tl.constexpr,
                   PREC: tl.constexpr, PATHS: tl.constexpr):
     """One chunk's output before the scale, [BT, V]: intra-chunk scores @ v + (q e^lam) S + (q e^lam_b) R, from
-    the chunk's q, g, g_bwd (fp32), v and the states entering it (S from the left, R from the right, fp32 [K, V];
-    R unused when causal)."""
+    the chunk's q, g, g_bwd (fp32), v and the states entering it (S from the left, R from the right, [K, V]: fp32
+    when recomputed or combined, v's dtype when carried, read in v's dtype either way; R unused when causal)."""
     rows = tl.arange(0, BT)
     k, lam, qf, kf, decay = _forward_scan_gates(gc)
     fast = _one_product(decay, DT, PATHS)

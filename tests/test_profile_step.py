@@ -1,10 +1,13 @@
 """scripts/profile_step.py on the CPU: a step is profiled and timed, and the host-time table names the model's ops.
 Its numbers are not checked: timings are not tests."""
+from pathlib import Path
+
 import torch
 
 from script_loader import load_script
 
 profile_step = load_script('profile_step')
+LISTOPS_CONFIG = Path(__file__).resolve().parents[1] / 'configs' / 'lra' / 'listops.yaml'
 
 
 def test_profiles_a_training_step(one_thread):
@@ -18,9 +21,8 @@ def test_profiles_a_training_step(one_thread):
 
 def test_profiles_the_lra_classifier_of_a_config(one_thread):
     """The ListOps classifier as scripts/lra.py builds it (made small by overrides), on a padded, masked batch."""
-    model, (ids, mask), labels = profile_step.lra_case('configs/lra/listops.yaml',
-                                                       ['depth=1', 'dim=32', 'num_heads=1', 'batch_size=2',
-                                                        'max_len=64'], 'cpu')
+    model, (ids, mask), labels = profile_step.lra_case(str(LISTOPS_CONFIG), ['depth=1', 'dim=32', 'num_heads=1',
+                                                                             'batch_size=2', 'max_len=64'], 'cpu')
     assert ids.shape == mask.shape == (2, 64) and mask.dtype == torch.bool and labels.shape == (2,)
     assert len(model.blocks) == 1 and mask.sum(1).min() >= 16
     r = profile_step.profile_step(model, (ids, mask), labels, steps=1, device='cpu')
