@@ -19,6 +19,7 @@ list (_step2_launches).
 k = 1 - exp(g) is computed here: the kernels read only q, g, v (and do).
 """
 import functools
+import operator
 import os
 
 import torch
@@ -519,15 +520,27 @@ def _launcher(kernel, configs, key=('H', 'K', 'V', 'BT', 'BIDIR', 'SEP_GB', 'REC
               restore=()):
     """kernel[grid](...) autotuned over configs on a GPU, once per compiled variant (T is left out of the
     key: the best launch depends on the chunk, not on the count of chunks; the arguments named in restore, which the
-    kernel writes to and reads, such as step 2's list `slow`, are restored after each trial).  The interpreter has
-    no driver to tune with, and METALA_AUTOTUNE=0 (many short test shapes) skips the tuning compiles: both run the
-    first config."""
+    kernel writes to and reads, such as step 2's list `slow`, are restored after each trial).  Once a variant is
+    tuned, its config's options go straight to the kernel: triton's autotuner adds about half a launch's host time
+    to each launch (scripts/host_time.py, benchmarks/NOTES.md session 15).  The interpreter has no driver to tune
+    with, and METALA_AUTOTUNE=0 (many short test shapes) skips the tuning compiles: both run the first config."""
     if INTERPRET or os.environ.get('METALA_AUTOTUNE', '1') == '0':
         first = configs[0]
         return lambda grid, *args, **kw: kernel[grid](*args, num_warps=first.num_warps,
                                                       num_stages=first.num_stages, **kw)
     tuned = triton.autotune(configs, key=list(key), restore_value=list(restore))(kernel)
-    return lambda grid, *args, **kw: tuned[grid](*args, **kw)
+    keyed = operator.itemgetter(*key)
+    best = {}  # the autotuner's key (the values named in key, the tensors' dtypes) -> the tuned config's options
+
+    def launch(grid, *args, **kw):
+        variant = (keyed(kw), *[x.dtype for x in args if isinstance(x, torch.Tensor)])
+        options = best.get(variant)
+        if options is None:
+            tuned[grid](*args, **kw)
+            best[variant] = tuned.best_config.all_kwargs()
+        else:
+            kernel[grid](*args, **kw, **options)
+    return launch
 
 
 _states = _launcher(_metala_states_kernel, FWD_CONFIGS,

@@ -1,4 +1,6 @@
-"""scripts/host_time.py: Triton's launch path under a stand-in driver (no GPU) and the launches a call makes."""
+"""scripts/host_time.py: Triton's launch path under a stand-in driver (no GPU), the launches a call makes, and our
+autotuning launcher, which tunes a kernel variant once and then hands its config straight to the kernel."""
+import json
 import os
 import subprocess
 import sys
@@ -6,6 +8,34 @@ from pathlib import Path
 
 SCRIPTS = Path(__file__).resolve().parents[1] / 'scripts'
 ENV = {name: value for name, value in os.environ.items() if name not in ('TRITON_INTERPRET', 'METALA_AUTOTUNE')}
+
+TUNE_ONCE = '''
+import json, sys, torch
+sys.path.insert(0, sys.argv[1])
+from host_time import stand_in_driver
+from triton.runtime.autotuner import Autotuner
+tunes = []
+tune = Autotuner.run
+Autotuner.run = lambda tuner, *args, **kw: (tunes.append(tuner.base_fn.__name__), tune(tuner, *args, **kw))[1]
+from metala_kernels import chunk
+fastest = lambda config: 0.5 if (config.num_warps, config.num_stages) == (8, 2) else 1.0
+with stand_in_driver(fastest) as launched:
+    for dtype in (torch.bfloat16, torch.bfloat16, torch.float16, torch.bfloat16, torch.float16):
+        x, y = torch.zeros(2, 70, 1, 32, dtype=dtype), torch.zeros(2, 70, 1, 64, dtype=dtype)
+        g, states = torch.zeros(2, 70, 1, 32), torch.zeros(2, 1, 2, 32, 64, dtype=dtype)
+        chunk._states((1, 2), x, g, y, states, states, torch.zeros(3, dtype=torch.int32), 70, 1.0, states.stride(0),
+                      REVERSE=False, X_IS_Q=False, CARRY=True, XS=32, YS=64, H=1, K=32, V=64, BT=64, PREC='tf32')
+print(json.dumps(dict(tunes=tunes, launched=[(k.options.num_warps, k.options.num_stages) for k in launched])))
+'''
+
+
+def test_launcher_tunes_each_variant_once_then_launches_its_config():
+    out = subprocess.run([sys.executable, '-c', TUNE_ONCE, str(SCRIPTS)], env=ENV, capture_output=True, text=True,
+                         check=True).stdout
+    result = json.loads(out.splitlines()[-1])
+    assert result['tunes'] == ['_metala_states_kernel'] * 2  # bf16 and fp16: two variants, each tuned once
+    assert result['launched'] == [[8, 2]] * 5  # every launch with the fastest config, tuned or not
+
 
 def table(*args):
     out = subprocess.run([sys.executable, str(SCRIPTS / 'host_time.py'), '--calls', '2', '--rounds', '1', *args],
