@@ -67,7 +67,9 @@ def metala_attn(q, g, v, *, causal=False, g_bwd=None, scale=None, mask=None, aug
     for j > i (gates g_bwd and keys 1 - exp(g_bwd) for j > i if g_bwd is given); the diagonal counts once.
     scale defaults to K ** -0.5.  mask [B, T] (True = real token): pads neither write nor decay and output 0.
     aug_weight [H, K] adds the self-augmentation sigmoid((q_t . (k_t * w)) v_t).
-    backend: 'auto' (Triton on CUDA, PyTorch elsewhere), 'triton' or 'torch'.
+    backend: 'auto' (Triton on CUDA, PyTorch elsewhere), 'triton' or 'torch'.  Second-order gradients (a gradient
+    penalty: create_graph=True, then a backward through the gradient) need 'torch': through the Triton kernels they
+    raise.
     check_gates: raise if g > 0 anywhere (on CUDA a host sync; callers whose g = logsigmoid(.) may skip it).
     """
     if backend not in ('auto', 'triton', 'torch'):

@@ -22,11 +22,36 @@ def kernel_op(name, forward, backward, forward_fake, backward_fake, setup_contex
         setup_context(ctx, inputs, output)
         return output
 
+    def eager_backward(ctx, grad):
+        with torch.no_grad():
+            grads = input_grads(ctx, grad, backward)
+        if torch.is_grad_enabled() and (grad.requires_grad or any(x.requires_grad for x in ctx.saved_tensors)):
+            # create_graph: the gradients depend on tensors that require grad, through kernels that autograd cannot
+            # see; each becomes a leaf of a node that raises when differentiated, rather than leaving that out
+            grads = tuple(x if x is None else _FirstOrderOnly.apply(x.detach().requires_grad_(), name) for x in grads)
+        return grads
+
     # named after the op, so that profiles show 'chunk' and 'chunkBackward'
     eager = type(name.split('::')[-1], (torch.autograd.Function,), dict(
-        forward=staticmethod(eager_forward), backward=staticmethod(lambda ctx, grad: input_grads(ctx, grad, backward))))
+        forward=staticmethod(eager_forward), backward=staticmethod(eager_backward)))
 
     def apply(*inputs):
         return forward_op(*inputs) if torch.compiler.is_compiling() else eager.apply(*inputs)
 
     return apply
+
+
+class _FirstOrderOnly(torch.autograd.Function):
+    """The identity on a gradient that a kernel computed; differentiating it raises (the kernels' backward has no
+    derivative of its own: second-order gradients need the PyTorch path)."""
+
+    @staticmethod
+    def forward(ctx, grad, name):
+        ctx.name = name
+        return grad.view_as(grad)
+
+    @staticmethod
+    def backward(ctx, _):
+        raise RuntimeError(f"{ctx.name}: the Triton kernels' backward is not differentiable, so a second-order "
+                           "gradient (create_graph=True, then backward through the gradient) cannot be computed "
+                           "through it; run the op with backend='torch' for that")

@@ -374,6 +374,29 @@ def test_float64_on_the_torch_path_only():
         metala_attn(x['q'], x['g'], x['v'], backend='triton')
 
 
+def test_second_order_gradients_on_the_torch_path_only():
+    """A gradient penalty differentiates the op's backward: the PyTorch path does it (against float64), the Triton
+    kernels' backward, not itself differentiable, raises instead of leaving the penalty's share out (as it did)."""
+    x, _ = make_inputs(1, 21, 2, 16, 32, seed=6)
+    do = torch.randn(1, 21, 2, 32, dtype=torch.float64)
+
+    def penalty_grads(fn, dtype, **kw):
+        q, g, v = (x[n].to(DEVICE, dtype, copy=True).requires_grad_() for n in ('q', 'g', 'v'))
+        o = fn(q, g, v, **kw)
+        dq, = torch.autograd.grad((o * do.to(DEVICE, dtype)).sum(), q, create_graph=True)
+        (dq.square().sum() + o.sum()).backward()
+        return {'dg': g.grad, 'dv': v.grad}
+
+    ref = penalty_grads(naive_recurrent_metala, torch.float64)
+    assert_close(penalty_grads(metala_attn, torch.float32, backend='torch'), ref, TOL[torch.float32])
+    if TRITON_OK:
+        with pytest.raises(RuntimeError, match='second-order gradient'):
+            penalty_grads(metala_attn, torch.float32, backend='triton')
+        o, q = torch.randn(1, 4, 2, 32, device=DEVICE, requires_grad=True), torch.randn(1, 4, 2, 16, device=DEVICE)
+        do, = torch.autograd.grad(metala_readout(o, q, -q.abs(), o, o, backend='triton').sum(), o, create_graph=True)
+        with pytest.raises(RuntimeError, match='second-order gradient'):
+            do.sum().backward()
+
 def _bad(**overrides):
     args = dict(q=torch.randn(2, 8, 2, 16), g=-torch.rand(2, 8, 2, 16), v=torch.randn(2, 8, 2, 32))
     args.update(overrides)
