@@ -4,6 +4,8 @@
   overrides, checked against the script's defaults)
 - checkpoints: `CheckpointDir` (atomic `accelerator.save_state` folders, keep-last-N, latest for `--resume auto`),
   `TrainProgress` (epoch / batch / update / best, registered for checkpointing), `export_timm_weights`
+- torch.compile: `check_torchcompile` (the settings), `check_compile_launch` (with the Accelerator),
+  `compile_in_place` (before accelerate wraps the model)
 - data checks: `check_image_folder` (ImageFolder layout, before any model work)
 - epochs: `epoch_batches` (the seeded, resumable batch iterator of an epoch and its progress bar)
 - logging and meters: `JsonlLogger`, `Throughput`, `reset_peak_memory` / `peak_memory_gib`
@@ -136,6 +138,46 @@ def flatten_config(cfg: dict, prefix: str = '') -> dict:
         else:
             flat[prefix + key] = value if isinstance(value, (int, float, str, bool)) else str(value)
     return flat
+
+
+# ---------------------------------------------------------------------------------------------------- torch.compile
+
+COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
+
+
+def check_torchcompile(cfg: dict):
+    """The settings `torchcompile` (a torch.compile backend, as timm's --torchcompile; null: eager) and
+    `torchcompile_mode` (null or one of COMPILE_MODES, with a backend)."""
+    if cfg['torchcompile'] and cfg['torchcompile'] not in torch._dynamo.list_backends(exclude_tags=()):
+        raise UsageError(f"torchcompile must be a torch.compile backend of {torch._dynamo.list_backends()}, "
+                         f"got {cfg['torchcompile']!r}")
+    if cfg['torchcompile_mode'] is not None and (not cfg['torchcompile'] or cfg['torchcompile_mode'] not in
+                                                 COMPILE_MODES):
+        raise UsageError(f"torchcompile_mode must be one of {COMPILE_MODES} with a torchcompile backend set, got "
+                         f"{cfg['torchcompile_mode']!r} (torchcompile {cfg['torchcompile']!r})")
+
+
+def check_compile_launch(cfg: dict, accelerator):
+    """What torch.compile in place does not go with, checked once the Accelerator exists: accelerate's own dynamo
+    option (it would rename the weights _orig_mod.* in checkpoints and exports) and, with torchcompile, FSDP (not
+    tested)."""
+    from accelerate import DistributedType
+    from accelerate.utils import DynamoBackend
+    if accelerator.state.dynamo_plugin.backend != DynamoBackend.NO:
+        raise UsageError(f"accelerate's dynamo backend ({accelerator.state.dynamo_plugin.backend.value}) would rename "
+                         "the weights (_orig_mod.*) in checkpoints and exports; launch without it and set "
+                         "torchcompile=<backend> instead, which compiles the model in place")
+    if cfg['torchcompile'] and accelerator.distributed_type == DistributedType.FSDP:
+        raise UsageError('torchcompile is not supported with FSDP here (not tested); use DDP or leave it null')
+
+
+def compile_in_place(model, cfg: dict, logger):
+    """model.compile(...) as `torchcompile` / `torchcompile_mode` say (nothing without a backend), before accelerate
+    wraps the model: in place, so that the weights keep their names in checkpoints and exports and a run may resume
+    with or without it."""
+    if cfg['torchcompile']:
+        model.compile(backend=cfg['torchcompile'], mode=cfg['torchcompile_mode'])
+        logger.info(f"model compiled in place: backend {cfg['torchcompile']}, mode {cfg['torchcompile_mode']}")
 
 
 # ---------------------------------------------------------------------------------------------------- data checks

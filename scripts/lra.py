@@ -16,6 +16,10 @@ task configs, configs/lra/<task>.yaml, carry the hyperparameters of S5 (their he
 Optimisation: AdamW (timm; no weight decay on biases, norms and the model's no_weight_decay() names), lr warmed up
 linearly over `warmup_epochs`, then a cosine decay to `min_lr` over the remaining epochs, both stepped every update.
 `batch_size` is per process. Mixed precision: `mixed_precision:` in the config, else accelerate launch's setting.
+torch.compile: `torchcompile: inductor` compiles the model in place (as train_imagenet.py does; accelerate's
+`--dynamo_backend` is refused); batches are padded to their longest sequence, so their shapes vary (dynamo compiles
+the lengths as dynamic after the second), unless `pad_to_max_len: true`, which `torchcompile_mode: reduce-overhead`
+(CUDA graphs, recorded per shape) wants.
 
 Outputs in --output (default output/lra/<task>): `log.jsonl` ('data'; 'train' every log_interval updates: loss, lr,
 tokens/s; 'epoch': train loss and tokens/s, val loss and accuracy, best so far, peak CUDA memory; 'resume'; 'stop';
@@ -63,8 +67,9 @@ from metala_vision.data.lra import LRA_TASKS, build_lra_datasets, lra_collate_fn
 from metala_vision.layers.block import MLP_LAYERS
 from metala_vision.models.lra import LRAClassifier
 from metala_vision.training import (CheckpointDir, EpochLosses, JsonlLogger, TrainProgress, UsageError,
-                                    epoch_batches, evaluate_classifier, load_config, peak_memory_gib,
-                                    reset_peak_memory, run_arg_parser, save_safetensors)
+                                    check_compile_launch, check_torchcompile, compile_in_place, epoch_batches,
+                                    evaluate_classifier, load_config, peak_memory_gib, reset_peak_memory,
+                                    run_arg_parser, save_safetensors)
 
 _logger = get_logger('lra', log_level='INFO')  # logs on the main process only
 
@@ -79,6 +84,7 @@ DEFAULTS = dict(
     max_len=None,  # tokens kept per sequence (per document for retrieval); null = the task's length
     generate_workers=None,  # processes generating data; null = all cores
     workers=2,  # data-loading processes per training process (0 = load in the main process)
+    pad_to_max_len=False,  # pad every batch to max_len (one shape for all: CUDA graphs), not to its longest sequence
     # model (LRAClassifier)
     dim=128,
     depth=4,
@@ -107,6 +113,8 @@ DEFAULTS = dict(
     # run
     seed=0,
     mixed_precision=None,  # 'no' | 'bf16' | 'fp16'; null = accelerate launch's setting
+    torchcompile=None,  # torch.compile backend ('inductor'), applied to the model in place before accelerate wraps it
+    torchcompile_mode=None,  # its mode: null (default), 'reduce-overhead' (CUDA graphs: with pad_to_max_len), ...
     output=None,  # null = output/lra/<task>
     log_interval=50,  # updates between 'train' records (and time-budget checks)
     keep_checkpoints=2,  # newest checkpoints kept; 0 = all
@@ -115,7 +123,7 @@ DEFAULTS = dict(
 # Types of the keys whose default is null.
 TYPES = dict(task=str, data_dir=str, cache_dir=str, num_examples=int, max_len=int, generate_workers=int,
              num_heads=int, val_batch_size=int, clip_grad=float, mixed_precision=str, output=str,
-             stop_after_updates=int, decay_init=list, init_values=float)
+             stop_after_updates=int, decay_init=list, init_values=float, torchcompile=str, torchcompile_mode=str)
 _POSITIVE = ('max_len', 'generate_workers', 'dim', 'depth', 'num_heads', 'batch_size', 'val_batch_size', 'epochs',
              'log_interval', 'stop_after_updates', 'num_examples')
 _NON_NEGATIVE = ('workers', 'warmup_epochs', 'keep_checkpoints', 'lr', 'weight_decay', 'dropout', 'drop_path')
@@ -192,6 +200,7 @@ def resolve_config(args) -> dict:
         raise UsageError(f"difficulty must be easy, intermediate or hard, got {cfg['difficulty']!r}")
     if len(cfg['opt_betas']) != 2:
         raise UsageError(f"opt_betas must be [beta1, beta2], got {cfg['opt_betas']}")
+    check_torchcompile(cfg)
     check_data(cfg)
     return cfg
 
@@ -217,16 +226,18 @@ def load_datasets(cfg, accelerator) -> dict:
     return dict(zip(('train', 'val', 'test'), splits))
 
 
-def collate_cut(items, task, max_len):
-    """A task's collate_fn over items whose sequences are first cut to max_len tokens; returns (inputs, labels),
-    inputs being the model's positional arguments: (ids, mask) or, for retrieval, (ids1, mask1, ids2, mask2)."""
+def collate_cut(items, task, max_len, pad_to_max_len=False):
+    """A task's collate_fn over items whose sequences are first cut to max_len tokens, padded to the batch's longest
+    or to max_len; returns (inputs, labels), inputs being the model's positional arguments: (ids, mask) or, for
+    retrieval, (ids1, mask1, ids2, mask2)."""
     items = [tuple(x[:max_len] if torch.is_tensor(x) else x for x in item) for item in items]
-    *inputs, labels = lra_collate_fn(task)(items)
+    *inputs, labels = lra_collate_fn(task, max_len if pad_to_max_len else None)(items)
     return tuple(inputs), labels
 
 
 def loader_kwargs(cfg, accelerator) -> dict:
-    return dict(collate_fn=partial(collate_cut, task=cfg['task'], max_len=cfg['max_len']),
+    return dict(collate_fn=partial(collate_cut, task=cfg['task'], max_len=cfg['max_len'],
+                                   pad_to_max_len=cfg['pad_to_max_len']),
                 num_workers=cfg['workers'], persistent_workers=cfg['workers'] > 0,
                 pin_memory=accelerator.device.type == 'cuda')
 
@@ -312,6 +323,7 @@ class Run:
 def train(cfg, checkpoints, resume_from, deadline, cpu=False) -> int:
     output = Path(cfg['output'])
     accelerator = Accelerator(cpu=cpu, mixed_precision=cfg['mixed_precision'])
+    check_compile_launch(cfg, accelerator)
     datasets = load_datasets(cfg, accelerator)
     sampler = DistributedSampler(datasets['train'], num_replicas=accelerator.num_processes,
                                  rank=accelerator.process_index, shuffle=True, seed=cfg['seed'])
@@ -337,6 +349,7 @@ def train(cfg, checkpoints, resume_from, deadline, cpu=False) -> int:
                                        warmup_epochs=cfg['warmup_epochs'], warmup_lr=cfg['warmup_lr'],
                                        min_lr=cfg['min_lr'], warmup_prefix=True, step_on_epochs=False,
                                        updates_per_epoch=batches_per_epoch)
+    compile_in_place(model, cfg, _logger)
     loader_generator = torch.Generator()  # re-seeded every epoch from (seed, process, epoch)
     # The train loader stays out of accelerator.prepare: its sampler already shards across processes.
     train_loader = DataLoader(datasets['train'], batch_size=cfg['batch_size'], sampler=sampler, drop_last=True,

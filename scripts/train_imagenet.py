@@ -66,7 +66,7 @@ import torch
 import yaml
 from accelerate import Accelerator, DistributedType
 from accelerate.logging import get_logger
-from accelerate.utils import DynamoBackend, ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration, set_seed
 from timm.data import Mixup, create_dataset, create_transform, resolve_data_config
 from timm.data.distributed_sampler import RepeatAugSampler
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
@@ -78,8 +78,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 import metala_vision  # noqa: F401  (registers the metala_vit models with timm)
 from metala_vision.data.synthetic import write_digits
 from metala_vision.training import (CheckpointDir, EpochLosses, JsonlLogger, TrainProgress, UsageError,
-                                    check_image_folder, epoch_batches, evaluate_classifier, export_timm_weights,
-                                    flatten_config, load_config, peak_memory_gib, reset_peak_memory, run_arg_parser)
+                                    check_compile_launch, check_image_folder, check_torchcompile, compile_in_place,
+                                    epoch_batches, evaluate_classifier, export_timm_weights, flatten_config,
+                                    load_config, peak_memory_gib, reset_peak_memory, run_arg_parser)
 
 _logger = get_logger('train_imagenet', log_level='INFO')  # logs on the main process only
 
@@ -174,7 +175,6 @@ TYPES = dict(data_dir=str, pretrained_file=str, num_classes=int, img_size=int, d
              mean=list, std=list, crop_pct=float, val_batch_size=int, lr=float, opt_betas=list, layer_decay=float,
              clip_grad=float, cutmix_minmax=list, mixed_precision=str, output=str, stop_after_updates=int,
              log_with=(str, list), torchcompile=str, torchcompile_mode=str)
-COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
 _POSITIVE = ('prefetch_factor', 'batch_size', 'val_batch_size', 'grad_accum_steps', 'epochs', 'lr_base_size',
              'log_interval', 'stop_after_updates', 'num_classes', 'img_size')
 _NON_NEGATIVE = ('workers', 'checkpoint_interval', 'keep_checkpoints', 'aug_repeats', 'warmup_epochs',
@@ -208,13 +208,7 @@ def resolve_config(args) -> dict:
         raise UsageError('set the resolution with img_size, not model_kwargs.img_size (the input pipeline reads it)')
     if mixup_active(cfg) and cfg['batch_size'] % 2:
         raise UsageError(f"mixup/cutmix need an even batch_size, got {cfg['batch_size']}")
-    if cfg['torchcompile'] and cfg['torchcompile'] not in torch._dynamo.list_backends(exclude_tags=()):
-        raise UsageError(f"torchcompile must be a torch.compile backend of {torch._dynamo.list_backends()}, "
-                         f"got {cfg['torchcompile']!r}")
-    if cfg['torchcompile_mode'] is not None and (not cfg['torchcompile'] or cfg['torchcompile_mode'] not in
-                                                 COMPILE_MODES):
-        raise UsageError(f"torchcompile_mode must be one of {COMPILE_MODES} with a torchcompile backend set, got "
-                         f"{cfg['torchcompile_mode']!r} (torchcompile {cfg['torchcompile']!r})")
+    check_torchcompile(cfg)
     return cfg
 
 
@@ -279,12 +273,7 @@ def train(cfg, classes, checkpoints, resume_from, cpu=False) -> int:
                                                                       logging_dir=str(output / 'trackers')))
     if cfg['model_ema'] and accelerator.distributed_type == DistributedType.FSDP:
         raise UsageError('model_ema is not supported with FSDP (the EMA copy would be unsharded); use DDP')
-    if cfg['torchcompile'] and accelerator.distributed_type == DistributedType.FSDP:
-        raise UsageError('torchcompile is not supported with FSDP here (not tested); use DDP or leave it null')
-    if accelerator.state.dynamo_plugin.backend != DynamoBackend.NO:
-        raise UsageError(f"accelerate's dynamo backend ({accelerator.state.dynamo_plugin.backend.value}) would rename "
-                         "the weights (_orig_mod.*) in checkpoints and exports; launch without it and set "
-                         "torchcompile=<backend> instead, which compiles the model in place")
+    check_compile_launch(cfg, accelerator)
     if cfg['data_dir'] is None:
         with accelerator.main_process_first():
             cfg['data_dir'] = str(write_digits(output / 'digits32'))
@@ -408,9 +397,7 @@ def build_run(cfg, accelerator, datasets, sampler, batches_per_epoch, classes, c
     # the EMA copies the plain model (before accelerate wraps or patches it), on the training device
     ema = ModelEmaV3(model, decay=cfg['model_ema_decay'], use_warmup=cfg['model_ema_warmup'],
                      device=accelerator.device) if cfg['model_ema'] else None
-    if cfg['torchcompile']:  # in place: the weights keep their names in checkpoints, the EMA and the exports
-        model.compile(backend=cfg['torchcompile'], mode=cfg['torchcompile_mode'])
-        _logger.info(f"model compiled in place: backend {cfg['torchcompile']}, mode {cfg['torchcompile_mode']}")
+    compile_in_place(model, cfg, _logger)  # in place: the weights keep their names in checkpoints, EMA, exports
     model, optimizer, val_loader = accelerator.prepare(model, optimizer, val_loader)
     return Run(cfg=cfg, accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler, ema=ema,
                mixup=mixup, loss_fn=loss_fn, train_loader=train_loader, loader_generator=loader_generator,

@@ -171,7 +171,7 @@ def test_listops_tsv_dataset_and_collate(tmp_path):
     assert ids.shape == (3, max(lengths)) and mask.sum(1).tolist() == lengths
     assert (ids[~mask] == 0).all() and (ids[mask] > 0).all()
     assert batch_labels.tolist() == [examples[i][1] for i in range(3)]
-    fixed_ids, fixed_mask, _ = lra_collate_fn('listops', fixed_length=True)([data[0]])
+    fixed_ids, fixed_mask, _ = lra_collate_fn('listops', max_len=2000)([data[0]])
     assert fixed_ids.shape == (1, 2000) and fixed_mask.sum() == lengths[0]
 
 

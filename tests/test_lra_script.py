@@ -9,6 +9,7 @@ ListOps expressions: 240 / 5 / 5; 100 Pathfinder images: 80 / 10 / 10) and every
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -158,6 +159,38 @@ def test_time_budget_stops_mid_epoch_and_resumes(listops_runs, cache_dir, tmp_pa
     assert [r['val_loss'] for r in _events(output, 'epoch')] == [r['val_loss'] for r in _events(full, 'epoch')]
 
 
+def test_torchcompile_in_place_then_resume_eager(cache_dir, tmp_path):
+    """torchcompile compiles the classifier in place (dynamo traces its forward); its checkpoint resumes in an eager
+    run, and the weights keep the plain model's names."""
+    output, stop = tmp_path / 'compiled', 3
+    env = dict(os.environ, OMP_NUM_THREADS='1', TORCH_LOGS='dynamo')
+    proc = subprocess.run(_command(_args('listops', output, cache_dir, 'torchcompile=aot_eager', 'pad_to_max_len=true',
+                                         f'stop_after_updates={stop}')),
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'model compiled in place: backend aot_eager' in proc.stderr
+    assert re.search(r'torchdynamo start tracing forward .*models/lra\.py', proc.stderr), proc.stderr[-3000:]
+    _finish(_start(_command(_args('listops', output, cache_dir, '--resume', 'auto'))))
+    assert [r['update'] for r in _events(output, 'train')] == list(range(1, EPOCHS * LISTOPS['batches'] + 1))
+    eager = lra_script.build_model(lra_script.resolve_config(lra_script.parse_args(_args('listops', output, cache_dir))))
+    assert load_file(output / 'best' / 'model.safetensors').keys() == eager.state_dict().keys()
+
+
+@pytest.mark.parametrize('task', ['listops', 'retrieval'])
+def test_batches_pad_to_their_longest_or_to_max_len(task):
+    """collate_cut cuts every sequence to max_len and pads a batch to its longest sequence, or with pad_to_max_len to
+    max_len (the same shape every batch: CUDA graphs); the masks mark the real tokens."""
+    for lengths, pad_to_max_len, width in (([5, 9], False, 9), ([5, 9], True, 12), ([5, 30], False, 12)):
+        items = [(torch.arange(1, n + 1), label) for label, n in enumerate(lengths)]
+        if task == 'retrieval':  # a second document of 3 tokens each
+            items = [(ids, ids[:3], label) for ids, label in items]
+        inputs, labels = lra_script.collate_cut(items, task, 12, pad_to_max_len)
+        ids, mask = inputs[:2]
+        assert ids.shape == mask.shape == (2, width) and labels.tolist() == [0, 1]
+        assert mask.sum(1).tolist() == [min(n, 12) for n in lengths] and (ids[~mask] == 0).all()
+        if task == 'retrieval':
+            assert inputs[2].shape == (2, 12 if pad_to_max_len else 3)
+
 def test_pathfinder_end_to_end(cache_dir, tmp_path):
     updates = PATHFINDER['batches']
     output = tmp_path / 'pathfinder'
@@ -189,6 +222,8 @@ def test_bad_input_exits_2_before_any_model_work(cache_dir, tmp_path, monkeypatc
             (['--task', 'retrieval', '--data-dir', str(tmp_path)], 'retrieval data:'),
             (['--task', 'listops', 'max_len=5000'], 'max_len 5000 exceeds the listops length 2000'),
             (['--task', 'listops', 'epochs=0'], 'epochs must be positive'),
+            (['--task', 'listops', 'torchcompile=nope'], 'torchcompile must be a torch.compile backend'),
+            (['--task', 'listops', 'torchcompile_mode=reduce-overhead'], 'with a torchcompile backend set'),
             (['--task', 'pathfinder', '--config', str(tmp_path / 'nope.yaml')], 'config file not found'),
             (['--eval-only', '--checkpoint', str(tmp_path / 'none.safetensors')], 'checkpoint not found')]
     for argv, message in runs:

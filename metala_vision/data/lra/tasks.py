@@ -31,14 +31,15 @@ LRA_TASKS = {
 }
 
 
-def lra_collate_fn(task, fixed_length=False):
-    """Collate function of a task: pads each batch to its longest sequence, or to max_len when fixed_length.
+def lra_collate_fn(task, max_len=None):
+    """Collate function of a task: pads each batch to its longest sequence, or, given max_len, to max_len tokens
+    (cutting longer sequences): the same shape every batch.
 
     Batches: (ids [B, T], mask [B, T], labels [B]); for retrieval (ids1, mask1, ids2, mask2, labels).
     """
     info = _task_info(task)
     collate = collate_pairs if info.paired else collate_sequences
-    return partial(collate, max_len=info.max_len if fixed_length else None, pad_id=PAD_ID)
+    return partial(collate, max_len=max_len, pad_id=PAD_ID)
 
 
 def _task_info(task):
