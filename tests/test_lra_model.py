@@ -46,6 +46,18 @@ def test_retrieval_head():
         model(ids1)
 
 
+@pytest.mark.parametrize('paired', [False, True])
+def test_compiles_whole(paired):
+    """torch.compile(fullgraph=True) traces the classifier without a graph break (lra.py's torchcompile), with a
+    padding mask, and gives the eager logits."""
+    model = _model(num_classes=2 if paired else 10, paired=paired, pos_embed=True)
+    ids = torch.randint(1, 20, (2, 40))
+    mask = torch.ones(2, 40, dtype=torch.bool)
+    mask[1, 29:] = False
+    inputs = (ids, mask, ids.flip(1), mask) if paired else (ids, mask)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(model, backend='eager', fullgraph=True)(*inputs), model(*inputs))
+
 def test_gate_norm_reaches_every_mixer():
     """gate_norm (log alpha = logsigmoid(.) / gate_norm) is the mixers' own, and changes the logits."""
     ids = torch.randint(1, 20, (2, 40))
