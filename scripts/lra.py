@@ -18,7 +18,7 @@ linearly over `warmup_epochs`, then a cosine decay to `min_lr` over the remainin
 `batch_size` is per process. Mixed precision: `mixed_precision:` in the config, else accelerate launch's setting.
 torch.compile: `torchcompile: inductor` compiles the model in place (as train_imagenet.py does; accelerate's
 `--dynamo_backend` is refused); batches are padded to their longest sequence, so their shapes vary (dynamo compiles
-the lengths as dynamic after the second), unless `pad_to_max_len: true`, which `torchcompile_mode: reduce-overhead`
+the length as dynamic from the second on), unless `pad_to_max_len: true`, which `torchcompile_mode: reduce-overhead`
 (CUDA graphs, recorded per shape) wants.
 
 Outputs in --output (default output/lra/<task>): `log.jsonl` ('data'; 'train' every log_interval updates: loss, lr,

@@ -164,7 +164,7 @@ def test_torchcompile_in_place_then_resume_eager(cache_dir, tmp_path):
     run, and the weights keep the plain model's names."""
     output, stop = tmp_path / 'compiled', 3
     env = dict(os.environ, OMP_NUM_THREADS='1', TORCH_LOGS='dynamo')
-    proc = subprocess.run(_command(_args('listops', output, cache_dir, 'torchcompile=aot_eager', 'pad_to_max_len=true',
+    proc = subprocess.run(_command(_args('listops', output, cache_dir, 'torchcompile=aot_eager',
                                          f'stop_after_updates={stop}')),
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -190,6 +190,7 @@ def test_batches_pad_to_their_longest_or_to_max_len(task):
         assert mask.sum(1).tolist() == [min(n, 12) for n in lengths] and (ids[~mask] == 0).all()
         if task == 'retrieval':
             assert inputs[2].shape == (2, 12 if pad_to_max_len else 3)
+
 
 def test_pathfinder_end_to_end(cache_dir, tmp_path):
     updates = PATHFINDER['batches']
