@@ -1,0 +1,27 @@
+"""scripts/listops_probe.py: short generated ListOps, each of the three models trained a few updates on the CPU."""
+import ast
+import re
+import sys
+
+import pytest
+
+from metala_vision.data.lra import ListOpsConfig
+from script_loader import load_script
+
+
+@pytest.mark.parametrize('model, overrides', [('metala', ['gate_norm=1.0']), ('attention', ['depth=2']),
+                                              ('gru', [])])
+def test_trains_each_model_and_prints_validation_accuracy(model, overrides, monkeypatch, capsys):
+    probe = load_script('listops_probe')
+    monkeypatch.setattr(probe, 'SHORT', ListOpsConfig(num_train=64, num_val=100, num_test=1, min_length=30,
+                                                      max_length=probe.MAX_LEN))
+    monkeypatch.setattr(sys, 'argv', ['listops_probe.py', '--model', model, '--steps', '3', '--eval-every', '2',
+                                      *overrides])
+    probe.main()
+    out = capsys.readouterr().out
+    mean_length = float(re.search(r'64 / 100 expressions, mean length ([\d.]+) tokens', out).group(1))
+    assert 30 < mean_length < probe.MAX_LEN
+    assert re.findall(r'step (\d+) ', out) == ['2', '3']  # every --eval-every updates, and the last
+    assert all(0 <= float(a) <= 100 for a in re.findall(r'validation accuracy ([\d.]+)%', out))
+    if model != 'gru':
+        assert str({k: ast.literal_eval(v) for k, v in (o.split("=") for o in overrides)}) in out
