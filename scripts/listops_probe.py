@@ -69,7 +69,7 @@ def build(name, overrides):
         return GRUClassifier(), 1e-3
     if name == 'attention':
         return AttentionClassifier(**overrides), 1e-3
-    args = dict(dim=64, depth=4, num_heads=1, pos_embed=True, init_values=0.1, **overrides)
+    args = {**dict(dim=64, depth=4, num_heads=1, pos_embed=True, init_values=0.1), **overrides}
     return LRAClassifier(VOCAB, CLASSES, MAX_LEN, **args), 3e-3
 
 

@@ -9,8 +9,8 @@ from metala_vision.data.lra import ListOpsConfig
 from script_loader import load_script
 
 
-@pytest.mark.parametrize('model, overrides', [('metala', ['gate_norm=1.0']), ('attention', ['depth=2']),
-                                              ('gru', [])])
+@pytest.mark.parametrize('model, overrides', [('metala', ['gate_norm=1.0', 'depth=1']), ('attention', ['depth=2']),
+                                              ('gru', [])])  # depth=1 replaces a setting of the recipe
 def test_trains_each_model_and_prints_validation_accuracy(model, overrides, monkeypatch, capsys):
     probe = load_script('listops_probe')
     monkeypatch.setattr(probe, 'SHORT', ListOpsConfig(num_train=64, num_val=100, num_test=1, min_length=30,
