@@ -1,12 +1,13 @@
 """ListOps at short lengths on the CPU: does a model learn the task where the sequence length is not what stops it?
 
-Generates ListOps by LRA's rules but 30-150 tokens long (mean 74; 20,000 training and 1,000 validation expressions,
-seed 1) and trains one model on one thread, printing the validation accuracy every --eval-every updates: our
+Generates ListOps by LRA's rules but 30-150 tokens long by default (mean 74; --min-length / --max-length: LRA's own are
+500 / 2000; 20,000 training and 1,000 validation expressions, seed 1) and trains one model on one thread, printing the validation accuracy every --eval-every updates: our
 LRAClassifier (the LRA configs' recipe at width 64: depth 4, one head, positions, layer scale 0.1), the same blocks
 with softmax attention (timm's ViT Block, masked), or a 2-layer bidirectional GRU, each with masked mean pooling.
 AdamW (weight decay 0.01), batch 32, gradients clipped at 1. benchmarks/lra.md holds what it printed.
 
-    python scripts/listops_probe.py --model metala|attention|gru [--steps 3000] [--lr LR] [key=value ...]
+    python scripts/listops_probe.py --model metala|attention|gru [--steps 3000] [--lr LR] [--min-length 30]
+                                    [--max-length 150] [--train 20000] [--val 1000] [key=value ...]
 
 key=value: LRAClassifier arguments for metala (gate_norm=1.0, separate_bwd_gates=True, ...); dim, depth, heads for
 attention.
@@ -23,8 +24,7 @@ from torch import nn
 from metala_vision.data.lra import LRA_TASKS, ListOpsConfig, encode_listops, generate_listops, lra_collate_fn
 from metala_vision.models.lra import LRAClassifier
 
-VOCAB, CLASSES, MAX_LEN = LRA_TASKS['listops'].vocab_size, LRA_TASKS['listops'].num_classes, 150
-SHORT = ListOpsConfig(num_train=20_000, num_val=1_000, num_test=1, min_length=30, max_length=MAX_LEN)
+VOCAB, CLASSES = LRA_TASKS['listops'].vocab_size, LRA_TASKS['listops'].num_classes
 
 
 def masked_mean(x, mask):
@@ -36,10 +36,10 @@ def masked_mean(x, mask):
 class AttentionClassifier(nn.Module):
     """LRAClassifier's layout with softmax attention: embedding + positions, pre-norm blocks, masked mean, head."""
 
-    def __init__(self, dim=64, depth=4, heads=1):
+    def __init__(self, max_len, dim=64, depth=4, heads=1):
         super().__init__()
         self.embed = nn.Embedding(VOCAB, dim)
-        self.pos_embed = nn.Parameter(torch.randn(1, MAX_LEN, dim) * .02)
+        self.pos_embed = nn.Parameter(torch.randn(1, max_len, dim) * .02)
         self.blocks = nn.ModuleList([Block(dim, heads, mlp_ratio=2.0, init_values=0.1) for _ in range(depth)])
         self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, CLASSES)
 
@@ -63,14 +63,14 @@ class GRUClassifier(nn.Module):
         return self.head(masked_mean(self.rnn(self.embed(ids))[0], mask))
 
 
-def build(name, overrides):
-    """-> (model, default lr)."""
+def build(name, max_len, overrides):
+    """-> (model for sequences of up to max_len tokens, default lr)."""
     if name == 'gru':
         return GRUClassifier(), 1e-3
     if name == 'attention':
-        return AttentionClassifier(**overrides), 1e-3
+        return AttentionClassifier(max_len, **overrides), 1e-3
     args = {**dict(dim=64, depth=4, num_heads=1, pos_embed=True, init_values=0.1), **overrides}
-    return LRAClassifier(VOCAB, CLASSES, MAX_LEN, **args), 3e-3
+    return LRAClassifier(VOCAB, CLASSES, max_len, **args), 3e-3
 
 
 def accuracy(model, examples, collate):
@@ -90,17 +90,22 @@ def main():
     parser.add_argument('--steps', type=int, default=3000)
     parser.add_argument('--eval-every', type=int, default=300)
     parser.add_argument('--lr', type=float, default=None, help='default: 3e-3 metala, 1e-3 the others')
+    parser.add_argument('--min-length', type=int, default=30, help='expressions have more tokens than this ...')
+    parser.add_argument('--max-length', type=int, default=150, help='... and fewer than this')
+    parser.add_argument('--train', type=int, default=20_000, help='training expressions')
+    parser.add_argument('--val', type=int, default=1_000, help='validation expressions')
     parser.add_argument('overrides', nargs='*', metavar='key=value')
     args = parser.parse_args()
     overrides = {k: ast.literal_eval(v) for k, v in (item.split('=', 1) for item in args.overrides)}
     torch.set_num_threads(1)
+    rules = ListOpsConfig(num_train=args.train, num_val=args.val, num_test=1, min_length=args.min_length,
+                          max_length=args.max_length)
     examples = [(torch.from_numpy(encode_listops(source).astype('int64')), label)
-                for source, label in generate_listops(SHORT.num_train + SHORT.num_val, seed=1, config=SHORT,
-                                                      num_workers=1)]
-    train, val = examples[:SHORT.num_train], examples[SHORT.num_train:]
+                for source, label in generate_listops(args.train + args.val, seed=1, config=rules, num_workers=1)]
+    train, val = examples[:args.train], examples[args.train:]
     collate = lra_collate_fn('listops')
     torch.manual_seed(0)
-    model, lr = build(args.model, overrides)
+    model, lr = build(args.model, args.max_length, overrides)
     lr = args.lr or lr
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     print(f'{args.model} {overrides} lr {lr}: {len(train)} / {len(val)} expressions, mean length '

@@ -5,7 +5,6 @@ import sys
 
 import pytest
 
-from metala_vision.data.lra import ListOpsConfig
 from script_loader import load_script
 
 
@@ -13,14 +12,13 @@ from script_loader import load_script
                                               ('gru', [])])  # depth=1 replaces a setting of the recipe
 def test_trains_each_model_and_prints_validation_accuracy(model, overrides, monkeypatch, capsys):
     probe = load_script('listops_probe')
-    monkeypatch.setattr(probe, 'SHORT', ListOpsConfig(num_train=64, num_val=100, num_test=1, min_length=30,
-                                                      max_length=probe.MAX_LEN))
     monkeypatch.setattr(sys, 'argv', ['listops_probe.py', '--model', model, '--steps', '3', '--eval-every', '2',
+                                      '--train', '64', '--val', '100', '--min-length', '40', '--max-length', '90',
                                       *overrides])
     probe.main()
     out = capsys.readouterr().out
     mean_length = float(re.search(r'64 / 100 expressions, mean length ([\d.]+) tokens', out).group(1))
-    assert 30 < mean_length < probe.MAX_LEN
+    assert 40 < mean_length < 90
     assert re.findall(r'step (\d+) ', out) == ['2', '3']  # every --eval-every updates, and the last
     assert all(0 <= float(a) <= 100 for a in re.findall(r'validation accuracy ([\d.]+)%', out))
     if model != 'gru':
