@@ -1,9 +1,10 @@
 """ListOps at short lengths on the CPU: does a model learn the task where the sequence length is not what stops it?
 
-Generates ListOps by LRA's rules but 30-150 tokens long by default (mean 74; --min-length / --max-length: LRA's own are
-500 / 2000; 20,000 training and 1,000 validation expressions, seed 1) and trains one model on one thread, printing the validation accuracy every --eval-every updates: our
-LRAClassifier (the LRA configs' recipe at width 64: depth 4, one head, positions, layer scale 0.1), the same blocks
-with softmax attention (timm's ViT Block, masked), or a 2-layer bidirectional GRU, each with masked mean pooling.
+Generates ListOps by LRA's rules but 30-150 tokens long by default (mean 74; --min-length / --max-length: LRA's
+own are 500 / 2000; 20,000 training and 1,000 validation expressions, seed 1) and trains one model on one thread,
+printing the validation accuracy every --eval-every updates: our LRAClassifier (the LRA configs' recipe at width 64:
+depth 4, one head, positions, layer scale 0.1), the same blocks with softmax attention (timm's ViT Block, masked), or
+a 2-layer bidirectional GRU, each with masked mean pooling.
 AdamW (weight decay 0.01), batch 32, gradients clipped at 1. benchmarks/lra.md holds what it printed.
 
     python scripts/listops_probe.py --model metala|attention|gru [--steps 3000] [--lr LR] [--min-length 30]
