@@ -30,8 +30,8 @@ class _Kernel:
     """A kernel 'compiled' with options (num_warps, num_stages, ...): its launches append it to launched."""
     function = packed_metadata = None
 
-    def __init__(self, name, options, launched):
-        self.name, self.options, self.launched = name, options, launched
+    def __init__(self, options, launched):
+        self.options, self.launched = options, launched
 
     def launch_metadata(self, grid, stream, *args):
         return None
@@ -72,7 +72,7 @@ def stand_in_driver(timing=lambda config: 1.0):
     saved = driver._active, JITFunction._do_compile, Autotuner._bench
 
     def compile_nothing(fn, key, signature, device, constexprs, options, attrs, warmup):
-        kernel = fn.device_caches[device][0][key] = _Kernel(fn.__name__, options, launched)
+        kernel = fn.device_caches[device][0][key] = _Kernel(options, launched)
         return kernel
 
     driver.set_active(_Driver())

@@ -23,15 +23,9 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from metala_vision.data.lra import LRA_TASKS, ListOpsConfig, encode_listops, generate_listops, lra_collate_fn
-from metala_vision.models.lra import LRAClassifier
+from metala_vision.models.lra import LRAClassifier, masked_mean
 
 VOCAB, CLASSES = LRA_TASKS['listops'].vocab_size, LRA_TASKS['listops'].num_classes
-
-
-def masked_mean(x, mask):
-    """[B, T, D] averaged over the real tokens of mask [B, T] -> [B, D]."""
-    weights = mask[..., None].to(x.dtype)
-    return (x * weights).sum(1) / weights.sum(1)
 
 
 class AttentionClassifier(nn.Module):

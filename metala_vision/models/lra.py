@@ -12,6 +12,12 @@ from torch import nn
 from metala_vision.layers import MetaLABlock, MetaLAMixer
 
 
+
+def masked_mean(x, mask):
+    """x [B, T, D] averaged over the real tokens of mask [B, T] (True = real) -> [B, D]; 0 where a row has none."""
+    weights = mask[..., None].to(x.dtype)
+    return (x * weights).sum(1) / weights.sum(1).clamp_min(1)
+
 class LRAClassifier(nn.Module):
     """ids [B, T] (+ mask [B, T], True = real token) -> logits [B, num_classes];
     with paired=True: forward(ids1, mask1, ids2, mask2).  init_values: layer scale on both branches of every
@@ -79,10 +85,7 @@ class LRAClassifier(nn.Module):
         for blk, lower_bound in zip(self.blocks, self.lower_bounds()):
             x = blk(x, mask=mask, gate_lower_bound=lower_bound)
         x = self.norm(x)
-        if mask is None:
-            return x.mean(1)
-        weights = mask[..., None].to(x.dtype)
-        return (x * weights).sum(1) / weights.sum(1).clamp_min(1)
+        return x.mean(1) if mask is None else masked_mean(x, mask)
 
     def forward(self, ids, mask=None, ids2=None, mask2=None):
         if not self.paired:
