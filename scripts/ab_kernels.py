@@ -1,8 +1,9 @@
 """Times versions of the chunked kernels side by side on one GPU: `_chunk_fwd` and `_chunk_bwd` of
 metala_kernels/chunk.py (every launch of a forward, of a backward), each version in its own process, the processes
-alternated --rounds times so that slow stretches of the host and the GPU land on every version.  A version is a git
-revision (its kernels/ folder, exported) or a folder holding the kernels.  Prints a markdown table of the medians
-over the rounds with the ratios to the first version, then every round's times (their spread is the noise).
+alternated --rounds times so that slow stretches of the host and the GPU land on every version (each process's times
+go to stderr as it ends, so a run cut short keeps them). A version is a git revision (its kernels/ folder, exported)
+or a folder holding the kernels. Prints a markdown table of the medians over the rounds with the ratios to the first
+version, then every round's times (their spread is the noise).
 
     python scripts/ab_kernels.py 51b0ce7 kernels [--rounds 2] [--cases 128:197:bidir:1 ...] [--out FILE]
 
@@ -142,6 +143,8 @@ def main():
                 if not Path(timed_file).resolve().is_relative_to(folder.resolve()):
                     raise SystemExit(f'{version}: the worker imported {timed_file}, not the copy in {folder}')
                 rounds[-1][version] = {c: tuple(t) for c, t in times.items()}
+                print(f'round {len(rounds)} {version}: ' + ', '.join(f'{c} {f:.3f}/{b:.3f}' for c, (f, b) in
+                                                                   times.items()), file=sys.stderr, flush=True)
     text = table(args.versions, rounds)
     print(text)
     if args.out:
