@@ -1,6 +1,6 @@
 """Chunked MetaLA attention in Triton: bidirectional (and causal) forward and backward kernels.
 
-Chunk-parallel: a states kernel per scan stores the state entering every chunk of BT tokens (S left to
+Chunk-parallel: a states kernel stores the state entering every chunk of BT tokens of every scan (S left to
 right, R right to left; and their gradients dS, dR for the backward), then one program per (chunk, batch, head)
 computes that chunk's outputs or gradients from them.  On long sequences with few (batch, head) pairs the states
 kernel computes every chunk's own term in parallel and a combine kernel scans them into the entering states.  On
@@ -257,32 +257,12 @@ def _state_over(x, g, y, first, count, T, scale, H: tl.constexpr, K: tl.constexp
 
 
 @triton.jit
-def _metala_states_kernel(x, g, y, states, decays, slow, T, scale, BH_STRIDE,
-                          H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                          REVERSE: tl.constexpr, X_IS_Q: tl.constexpr, CARRY: tl.constexpr, PREC: tl.constexpr,
-                          XS: tl.constexpr, YS: tl.constexpr):
-    """Step 1: the state [K, V] entering every chunk n (in scan order, left to right or (REVERSE) right to
-    left) at states + n K V: the sum over the chunks already passed of (x f)^T y, decayed by the chunks in
-    between.  states points at direction d of [B*H, dirs, N, K, V], BH_STRIDE = dirs N K V; g: the gates of the
-    scan whose state this is.
-    - values: S (left to right, forward gates) and R (right to left, backward gates): x f = k e^(total - lam),
-      k = 1 - e^g, y = v;
-    - gradients (X_IS_Q): dS (right to left, forward gates) and dR (left to right, backward gates): x f = q e^lam,
-      y = scale * do.
-    CARRY: one program per (batch, head), grid (1, B*H), runs over its chunks carrying the state (in fp32; stored in
-    the dtype of states, which step 2's products read: see _states_dtype).  Otherwise one
-    program per (chunk, batch, head), grid (N, B*H), stores its chunk's own term there and the chunk's decay [K]
-    at decays (direction d of [B*H, dirs, N, K]); _metala_combine_kernel then makes them the entering states.
-    (Many (batch, head) pairs fill the GPU with the first; few, on long sequences, leave it idle but for N
-    sequential steps, which the second splits.)  Program (0, 0) also empties step 2's list at slow (its count; see
-    _step2_launches), which would take a launch of its own."""
-    i_bh = tl.program_id(1)
-    if (tl.program_id(0) == 0) & (i_bh == 0):
-        tl.store(slow, 0)
-    x, g, y = _head(x, i_bh, T, H, K, XS), _head(g, i_bh, T, H, K, H * K), _head(y, i_bh, T, H, V, YS)
-    states = states + i_bh.to(tl.int64) * BH_STRIDE
-    decays = decays + i_bh.to(tl.int64) * (BH_STRIDE // V)  # [B*H, dirs, N, K]: dirs N K apart
-    NT = tl.cdiv(T, BT)
+def _scan_states(x, g, y, states, decays, n, NT, T, scale, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                 BT: tl.constexpr, REVERSE: tl.constexpr, X_IS_Q: tl.constexpr, CARRY: tl.constexpr,
+                 PREC: tl.constexpr, XS: tl.constexpr, YS: tl.constexpr):
+    """One scan's part of _metala_states_kernel (x, g, y at its (batch, head); states [N, K, V] and decays [N, K]
+    its slot): CARRY, the state entering every chunk, scanning left to right or (REVERSE) right to left;
+    otherwise chunk n's own term and decay."""
     offs = tl.arange(0, K)[:, None] * V + tl.arange(0, V)[None, :]
     if CARRY:
         s = tl.zeros([K, V], dtype=tl.float32)
@@ -295,10 +275,50 @@ def _metala_states_kernel(x, g, y, states, decays, slow, T, scale, BH_STRIDE,
             term, decay = _chunk_term(x, g, y, n * BT, T, scale, H, K, V, BT, REVERSE, X_IS_Q, PREC, XS, YS)
             s = decay[:, None] * s + term
     else:
-        n = tl.program_id(0)
         term, decay = _chunk_term(x, g, y, n * BT, T, scale, H, K, V, BT, REVERSE, X_IS_Q, PREC, XS, YS)
         tl.store(states + n * K * V + offs, term)
         tl.store(decays + n * K + tl.arange(0, K), decay)
+
+
+@triton.jit
+def _metala_states_kernel(q, g, gb, v, do, states, decays, slow, T, scale,
+                          H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                          BIDIR: tl.constexpr, X_IS_Q: tl.constexpr, DIRS: tl.constexpr, FIRST: tl.constexpr,
+                          CARRY: tl.constexpr, PREC: tl.constexpr, QS: tl.constexpr, VS: tl.constexpr):
+    """Step 1, a scan and (BIDIR) its mirror in one launch: the state [K, V] entering every chunk n, at states
+    [B*H, DIRS, N, K, V] in slot FIRST (and, BIDIR, FIRST + DIRS / 2): the sum over the chunks already passed of
+    (x f)^T y, decayed by the chunks in between.
+    - values: S (left to right, gates g) and R (right to left, gates gb): x f = k e^(total - lam), k = 1 - e^g, y = v;
+    - gradients (X_IS_Q, the backward's): dS (right to left, gates g) and dR (left to right, gates gb): x f = q e^lam,
+      y = scale * do.
+    The slots are S, R (forward) or S, dS, R, dR (backward: values FIRST 0, gradients FIRST 1).
+    CARRY: one program per (scan, batch, head), grid (scans, B*H), runs over its chunks carrying the state (in fp32;
+    stored in the dtype of states, which step 2's products read: see _states_dtype).  Otherwise one program per
+    (chunk, scan, batch, head), grid (N scans, B*H), stores its chunk's own term there and its decay [K] at decays
+    [B*H, DIRS, N, K]; _metala_combine_kernel then makes them the entering states.  (Many (batch, head) pairs fill
+    the GPU with the first; few, on long sequences, leave it idle but for N sequential steps, which the second
+    splits.)  Program (0, 0) also empties step 2's list at slow (its count; see _step2_launches), which would take a
+    launch of its own."""
+    i_bh = tl.program_id(1)
+    if (tl.program_id(0) == 0) & (i_bh == 0):
+        tl.store(slow, 0)
+    SCANS: tl.constexpr = 2 if BIDIR else 1
+    mirror = tl.program_id(0) % SCANS  # 1: R or dR
+    n = tl.program_id(0) // SCANS  # the chunk, without CARRY
+    q, v, do = _head(q, i_bh, T, H, K, QS), _head(v, i_bh, T, H, V, VS), _head(do, i_bh, T, H, V, H * V)
+    g, gb = _head(g, i_bh, T, H, K, H * K), _head(gb, i_bh, T, H, K, H * K)
+    NT = tl.cdiv(T, BT)
+    slot = FIRST + mirror * (DIRS // SCANS)
+    states += (i_bh.to(tl.int64) * DIRS + slot) * NT * K * V
+    decays += (i_bh.to(tl.int64) * DIRS + slot) * NT * K
+    if X_IS_Q:
+        y, YS = do, H * V
+    else:
+        y, YS = v, VS
+    if mirror == 0:  # S, dS
+        _scan_states(q, g, y, states, decays, n, NT, T, scale, H, K, V, BT, X_IS_Q, X_IS_Q, CARRY, PREC, QS, YS)
+    else:  # R, dR
+        _scan_states(q, gb, y, states, decays, n, NT, T, scale, H, K, V, BT, not X_IS_Q, X_IS_Q, CARRY, PREC, QS, YS)
 
 
 @triton.jit
@@ -544,7 +564,7 @@ def _launcher(kernel, configs, key=('H', 'K', 'V', 'BT', 'BIDIR', 'SEP_GB', 'REC
 
 
 _states = _launcher(_metala_states_kernel, FWD_CONFIGS,
-                    key=('H', 'K', 'V', 'BT', 'REVERSE', 'X_IS_Q', 'CARRY', 'XS', 'YS'))
+                    key=('H', 'K', 'V', 'BT', 'BIDIR', 'X_IS_Q', 'DIRS', 'FIRST', 'CARRY', 'QS', 'VS'))
 _out = _launcher(_metala_out_kernel, OUT_CONFIGS, restore=('slow',))
 _bwd = _launcher(_metala_bwd_kernel, BWD_CONFIGS, restore=('slow',))
 
@@ -555,7 +575,7 @@ _bwd = _launcher(_metala_bwd_kernel, BWD_CONFIGS, restore=('slow',))
 COMBINE_MIN_CHUNKS, CARRY_PROGRAMS_PER_SM = 64, 2
 COMBINE_BLOCK, COMBINE_CHUNKS = 256, 16
 # Without step 1 (RECOMPUTE), each program of step 2 computes the states around its chunk from the other chunks: one
-# launch a forward and one a backward instead of 3 and 5, for more work on the GPU.  Worth it where the launches'
+# launch a forward and one a backward instead of 3 and 4, for more work on the GPU.  Worth it where the launches'
 # host time exceeds the kernels' time: sequences of at most RECOMPUTE_MAX_CHUNKS chunks, at most
 # RECOMPUTE_PROGRAMS_PER_SM (chunk, batch, head) programs per SM.  Measured on an H200 at T 197, H 6, K 32 / V 64,
 # the kernels' fwd + bwd, recomputed vs stored states (benchmarks/NOTES.md, session 11): 0.28 vs 0.54 ms at B 32
@@ -605,17 +625,21 @@ def _states_dtype(v, NT, BH):
     return v.dtype if _carries(NT, BH, v.device) else torch.float32
 
 
-def _fill_states(states, slow, q, scans, T, scale, shapes):
-    """Step 1 for the scans [(y, gates, REVERSE, X_IS_Q)], one a slot of states [B*H, dirs, N, K, V] (q and
-    each y in token rows, see token_rows; states in _states_dtype); empties step 2's list slow."""
+def _fill_states(states, slow, q, g, gb, v, do, T, scale, bidir, shapes):
+    """Step 1: the states [B*H, dirs, N, K, V] of S (and R, bidir) in one launch, or with do (the backward's) of S,
+    dS (and R, dR) in two, values and gradients (q and v in token rows, see token_rows; do contiguous or None;
+    states in _states_dtype); empties step 2's list slow."""
     BH, dirs, NT, K, V = states.shape
     carry = _carries(NT, BH, q.device)
     decays = states if carry else states.new_empty(BH, dirs, NT, K)  # unused when carrying
-    for slot, (y, gates, reverse, x_is_q) in enumerate(scans):
-        _states((1 if carry else NT, BH), q, gates, y, states[:, slot], decays[:, slot], slow, T, scale,
-                states.stride(0), REVERSE=reverse, X_IS_Q=x_is_q, CARRY=carry, XS=q.stride(1), YS=y.stride(1), **shapes)
+    scans = 2 if bidir else 1
+    for x_is_q in [False] + ([] if do is None else [True]):
+        _states((scans if carry else NT * scans, BH), q, g, gb, v, v if do is None else do, states, decays, slow, T,
+                scale, BIDIR=bidir, X_IS_Q=x_is_q, DIRS=dirs, FIRST=int(x_is_q), CARRY=carry, QS=q.stride(1),
+                VS=v.stride(1), **shapes)
     if not carry:
-        reversed_slots = sum(int(reverse) << slot for slot, (_, _, reverse, _) in enumerate(scans))
+        slots = (['S', 'dS', 'R', 'dR'] if do is not None else ['S', 'R'])[:dirs]
+        reversed_slots = sum(1 << slot for slot, name in enumerate(slots) if name in ('R', 'dS'))
         _metala_combine_kernel[(triton.cdiv(K * V, COMBINE_BLOCK), BH * dirs)](
             states, decays, NT, K=K, V=V, DIRS=dirs, REVERSED=reversed_slots, BLOCK=COMBINE_BLOCK,
             CHUNKS=COMBINE_CHUNKS, num_warps=4)
@@ -637,8 +661,7 @@ def _chunk_fwd(q: torch.Tensor, g: torch.Tensor, gb: torch.Tensor, v: torch.Tens
                          dtype=_states_dtype(v, NT, B * H))
     launches, slow = _step2_launches(NT, B * H, recompute, v.device)
     if not recompute:
-        scans = [(v, g, False, False)] + ([] if causal else [(v, gb, True, False)])  # (y, gates, REVERSE, X_IS_Q)
-        _fill_states(states, slow, q, scans, T, scale, shapes)
+        _fill_states(states, slow, q, g, gb, v, None, T, scale, not causal, shapes)
     for grid, paths in launches:
         _out(grid, q, g, gb, v, o, states, slow, T, scale, BIDIR=not causal, SEP_GB=sep, RECOMPUTE=recompute,
              QS=q.stride(1), VS=v.stride(1), PATHS=paths, **shapes)
@@ -661,10 +684,7 @@ def _chunk_bwd(q: torch.Tensor, g: torch.Tensor, gb: torch.Tensor, v: torch.Tens
     states = v.new_empty(0 if recompute else B * H, 2 if causal else 4, NT, K, V, dtype=_states_dtype(v, NT, B * H))
     launches, slow = _step2_launches(NT, B * H, recompute, v.device)
     if not recompute:
-        scans = [(v, g, False, False), (do, g, True, True)]  # (y, gates, REVERSE, X_IS_Q): S, dS
-        if not causal:
-            scans += [(v, gb, True, False), (do, gb, False, True)]  # R, dR
-        _fill_states(states, slow, q, scans, T, scale, shapes)
+        _fill_states(states, slow, q, g, gb, v, do, T, scale, not causal, shapes)
     for grid, paths in launches:
         _bwd(grid, q, g, gb, v, do, dq, dg, dgb if sep else dg, dv, states, slow, T, scale, BIDIR=not causal,
              SEP_GB=sep, RECOMPUTE=recompute, QS=q.stride(1), VS=v.stride(1), PATHS=paths, **shapes)

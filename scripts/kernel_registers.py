@@ -30,14 +30,14 @@ def pointers(names, states='*bf16'):
             else states if name == 'states' else '*bf16' for name in names}
 
 
-STATES = ('x', 'g', 'y', 'states', 'decays', 'slow')
+STATES = ('q', 'g', 'gb', 'v', 'do', 'states', 'decays', 'slow')
 KERNELS = [  # (name, kernel, pointer args and types, constexpr variant, warps to try); step 2 reads carried states
-    ('states (values), carried', chunk._metala_states_kernel, pointers(STATES),
-     dict(REVERSE=False, X_IS_Q=False, CARRY=True), (4, 8)),
-    ('states (gradients), carried', chunk._metala_states_kernel, pointers(STATES),
-     dict(REVERSE=True, X_IS_Q=True, CARRY=True), (4, 8)),
+    ('states (values: S, R), carried', chunk._metala_states_kernel, pointers(STATES),
+     dict(BIDIR=True, X_IS_Q=False, DIRS=4, FIRST=0, CARRY=True), (4, 8)),
+    ('states (gradients: dS, dR), carried', chunk._metala_states_kernel, pointers(STATES),
+     dict(BIDIR=True, X_IS_Q=True, DIRS=4, FIRST=1, CARRY=True), (4, 8)),
     ('states (values), chunk terms', chunk._metala_states_kernel, pointers(STATES, '*fp32'),
-     dict(REVERSE=False, X_IS_Q=False, CARRY=False), (4, 8)),
+     dict(BIDIR=True, X_IS_Q=False, DIRS=4, FIRST=0, CARRY=False), (4, 8)),
     ('states, combine', chunk._metala_combine_kernel, pointers(('states', 'decays'), '*fp32'),
      dict(DIRS=2, REVERSED=2, BLOCK=chunk.COMBINE_BLOCK, CHUNKS=chunk.COMBINE_CHUNKS), (4,)),
 ] + [  # step 2, both modes: its two launches with the states from step 1, and its one with the states recomputed
@@ -88,7 +88,7 @@ def main():
     for widths in args.widths:
         K, V = map(int, widths.split(':'))
         BT = args.chunk or chunk._chunk_len(4096, K, V)
-        shapes = dict(H=6, K=K, V=V, BT=BT, PREC='tf32', QS=6 * K, VS=6 * V, XS=6 * K, YS=6 * V)  # contiguous
+        shapes = dict(H=6, K=K, V=V, BT=BT, PREC='tf32', QS=6 * K, VS=6 * V)  # contiguous
         for name, kernel, pointers, variant, warps in KERNELS:
             constexprs = {arg: value for arg, value in dict(shapes, **variant).items() if arg in kernel.arg_names}
             for num_warps in warps:

@@ -23,8 +23,9 @@ with stand_in_driver(fastest) as launched:
     for dtype in (torch.bfloat16, torch.bfloat16, torch.float16, torch.bfloat16, torch.float16):
         x, y = torch.zeros(2, 70, 1, 32, dtype=dtype), torch.zeros(2, 70, 1, 64, dtype=dtype)
         g, states = torch.zeros(2, 70, 1, 32), torch.zeros(2, 1, 2, 32, 64, dtype=dtype)
-        chunk._states((1, 2), x, g, y, states, states, torch.zeros(3, dtype=torch.int32), 70, 1.0, states.stride(0),
-                      REVERSE=False, X_IS_Q=False, CARRY=True, XS=32, YS=64, H=1, K=32, V=64, BT=64, PREC='tf32')
+        chunk._states((1, 2), x, g, g, y, y, states, states, torch.zeros(3, dtype=torch.int32), 70, 1.0,
+                      BIDIR=False, X_IS_Q=False, DIRS=1, FIRST=0, CARRY=True, QS=32, VS=64, H=1, K=32, V=64, BT=64,
+                      PREC='tf32')
 print(json.dumps(dict(tunes=tunes, launched=[(k.options.num_warps, k.options.num_stages) for k in launched])))
 '''
 
@@ -51,8 +52,8 @@ def test_host_time_counts_each_paths_launches():
     rows = table('--shapes', '2:197:1', '2:1024:1', '2:8192:1', '--widths', '16:32', '--sms', '32')
     paths = {shape: row[:3] for shape, row in rows.items()}
     assert paths == {('2', '197', '1'): ['recomputed', '1', '2'],  # one launch a forward, one a backward
-                     ('2', '1024', '1'): ['carried', '4', '10'],  # 2 (S, R) + 2 step 2; 4 (S, dS, R, dR) + 2
-                     ('2', '8192', '1'): ['combined', '5', '12']}
+                     ('2', '1024', '1'): ['carried', '3', '7'],  # 1 (S with R) + 2 step 2; 2 (S, R; dS, dR) + 2
+                     ('2', '8192', '1'): ['combined', '4', '9']}
     assert all(float(us) > 0 for row in rows.values() for us in row[3:])
     causal = table('--shapes', '2:1024:1', '--widths', '16:32', '--sms', '32', '--causal')
     assert causal[('2', '1024', '1')][:3] == ['carried', '3', '7']
