@@ -13,6 +13,7 @@ with a mask of random lengths from a quarter of it to all of it (ListOps' 500-2,
 """
 import argparse
 import importlib.util
+import logging
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 import metala_vision  # noqa: F401  (registers the models)
+from metala_vision.training import compile_in_place
 
 
 def vit_case(name, res, batch, device, **model_kwargs):
@@ -31,7 +33,8 @@ def vit_case(name, res, batch, device, **model_kwargs):
 
 
 def lra_case(config, overrides, device):
-    """(model, inputs, labels) of the LRA classifier scripts/lra.py builds from config and overrides."""
+    """(model, inputs, labels) of the LRA classifier scripts/lra.py builds from config and overrides (compiled in place
+    where they set torchcompile)."""
     spec = importlib.util.spec_from_file_location('_lra_script', Path(__file__).with_name('lra.py'))
     lra = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(lra)
@@ -41,7 +44,9 @@ def lra_case(config, overrides, device):
     ids = torch.randint(1, info.vocab_size, (B, T), device=device)
     mask = torch.arange(T, device=device)[None] < torch.randint(T // 4, T + 1, (B, 1), device=device)
     inputs = (ids, mask) * (2 if info.paired else 1)
-    return lra.build_model(cfg).to(device), inputs, torch.randint(0, info.num_classes, (B,), device=device)
+    model = lra.build_model(cfg).to(device)
+    compile_in_place(model, cfg, logging.getLogger(__name__))  # torchcompile=inductor ...: as lra.py trains it
+    return model, inputs, torch.randint(0, info.num_classes, (B,), device=device)
 
 
 def profile_step(model, inputs, labels, steps, device):

@@ -27,3 +27,10 @@ def test_profiles_the_lra_classifier_of_a_config(one_thread):
     assert len(model.blocks) == 1 and mask.sum(1).min() >= 16
     r = profile_step.profile_step(model, (ids, mask), labels, steps=1, device='cpu')
     assert r['wall_ms'] > 0 and 'Optimizer.step#AdamW.step' in r['by_host']
+
+
+def test_compiles_the_lra_classifier_where_the_config_says(one_thread):
+    overrides = ['depth=1', 'dim=32', 'num_heads=1', 'batch_size=2', 'max_len=64']
+    eager, _, _ = profile_step.lra_case(str(LISTOPS_CONFIG), overrides, 'cpu')
+    compiled, _, _ = profile_step.lra_case(str(LISTOPS_CONFIG), overrides + ['torchcompile=eager'], 'cpu')
+    assert eager._compiled_call_impl is None and compiled._compiled_call_impl is not None
