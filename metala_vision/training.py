@@ -85,11 +85,23 @@ def load_config(path: Optional[str], overrides=(), defaults: dict = None, types:
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError:
             raise UsageError(f'override {item!r}: value is not valid YAML') from None
+        if isinstance(value, (bool, int, float)) and _declared_type(defaults, types, key.strip()) is str:
+            value = text.strip()  # a str setting takes the text as written: mixed_precision=no, not YAML's False
         nested = value
         for part in reversed(key.strip().split('.')):
             nested = {part: nested}
         _merge(cfg, nested, defaults, types, source=f'override {item!r}')
     return cfg
+
+
+def _declared_type(defaults: dict, types: dict, name: str):
+    """The type a dotted setting name must have (its default's, else types'), or None if not known."""
+    node = defaults or {}
+    for part in name.split('.'):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return type(node) if node is not None else types.get(name)
 
 
 def _merge(cfg: dict, values: dict, schema: dict, types: dict, source: str, prefix: str = ''):
@@ -125,7 +137,9 @@ def _coerce(value, default, declared, name: str, source: str):
         ok = isinstance(value, expected)
     if not ok:
         names = ' or '.join(t.__name__ for t in expected)
-        raise UsageError(f'{source}: {name!r} must be {names}, got {value!r}')
+        hint = " (YAML reads no, yes, on, off as booleans: quote the string, 'no')" \
+            if isinstance(value, bool) and str in expected else ''
+        raise UsageError(f'{source}: {name!r} must be {names}, got {value!r}{hint}')
     return value
 
 

@@ -90,6 +90,13 @@ def test_load_config(tmp_path):
     assert cfg == dict(lr=5e-4, epochs=20, scale=[0.5, 1], aa=None, model_kwargs=dict(depth=4, embed_dim=96),
                        flag=True)
     assert defaults['model_kwargs'] == {}  # not modified
+    # a str setting takes an override's text as written (YAML would read no as False, 1 as an int)
+    cfg = load_config(None, ['mixed_precision=no', 'aa=1'], dict(defaults, mixed_precision=None),
+                      types=dict(mixed_precision=str))
+    assert (cfg['mixed_precision'], cfg['aa']) == ('no', '1')
+    config.write_text('aa: off\n')
+    with pytest.raises(UsageError, match="'aa' must be str, got False .YAML reads no, yes, on, off as booleans"):
+        load_config(config, [], defaults)
     for overrides, message in ((['lrr=1'], "unknown config key 'lrr' (did you mean 'lr'?)"),
                                (['epochs=ten'], "'epochs' must be int"),
                                (['lr=fast'], "'lr' must be float"),
