@@ -17,9 +17,10 @@ Optimisation: AdamW (timm; no weight decay on biases, norms and the model's no_w
 linearly over `warmup_epochs`, then a cosine decay to `min_lr` over the remaining epochs, both stepped every update.
 `batch_size` is per process. Mixed precision: `mixed_precision:` in the config, else accelerate launch's setting.
 torch.compile: `torchcompile: inductor` compiles the model in place (as train_imagenet.py does; accelerate's
-`--dynamo_backend` is refused); batches are padded to their longest sequence, so their shapes vary (dynamo compiles
-the length as dynamic from the second on), unless `pad_to_max_len: true`, which `torchcompile_mode: reduce-overhead`
-(CUDA graphs, recorded per shape) wants.
+`--dynamo_backend` is refused) and then pads every batch to max_len (`pad_to_max_len` null means true with
+torchcompile, else false): dynamo compiles the classifier anew for each sequence length it meets (~75 s each on a
+CPU), and `torchcompile_mode: reduce-overhead` records CUDA graphs per shape. Without torchcompile batches are padded
+to their longest sequence.
 
 Outputs in --output (default output/lra/<task>): `log.jsonl` ('data'; 'train' every log_interval updates: loss, lr,
 tokens/s; 'epoch': train loss and tokens/s, val loss and accuracy, best so far, peak CUDA memory; 'resume'; 'stop';
@@ -44,6 +45,7 @@ settings recorded in it (--data-dir / --cache-dir replace the recorded paths) an
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 from functools import partial
@@ -84,7 +86,7 @@ DEFAULTS = dict(
     max_len=None,  # tokens kept per sequence (per document for retrieval); null = the task's length
     generate_workers=None,  # processes generating data; null = all cores
     workers=2,  # data-loading processes per training process (0 = load in the main process)
-    pad_to_max_len=False,  # pad every batch to max_len (one shape for all: CUDA graphs), not to its longest sequence
+    pad_to_max_len=None,  # pad every batch to max_len (one shape), not to its longest; null = true with torchcompile
     # model (LRAClassifier)
     dim=128,
     depth=4,
@@ -114,7 +116,7 @@ DEFAULTS = dict(
     seed=0,
     mixed_precision=None,  # 'no' | 'bf16' | 'fp16'; null = accelerate launch's setting
     torchcompile=None,  # torch.compile backend ('inductor'), applied to the model in place before accelerate wraps it
-    torchcompile_mode=None,  # its mode: null (default), 'reduce-overhead' (CUDA graphs: with pad_to_max_len), ...
+    torchcompile_mode=None,  # its mode: null (default), 'reduce-overhead' (CUDA graphs), ...
     output=None,  # null = output/lra/<task>
     log_interval=50,  # updates between 'train' records (and time-budget checks)
     keep_checkpoints=2,  # newest checkpoints kept; 0 = all
@@ -122,7 +124,7 @@ DEFAULTS = dict(
 )
 # Types of the keys whose default is null.
 TYPES = dict(task=str, data_dir=str, cache_dir=str, num_examples=int, max_len=int, generate_workers=int,
-             num_heads=int, val_batch_size=int, clip_grad=float, mixed_precision=str, output=str,
+             pad_to_max_len=bool, num_heads=int, val_batch_size=int, clip_grad=float, mixed_precision=str, output=str,
              stop_after_updates=int, decay_init=list, init_values=float, torchcompile=str, torchcompile_mode=str)
 _POSITIVE = ('max_len', 'generate_workers', 'dim', 'depth', 'num_heads', 'batch_size', 'val_batch_size', 'epochs',
              'log_interval', 'stop_after_updates', 'num_examples')
@@ -201,6 +203,12 @@ def resolve_config(args) -> dict:
     if len(cfg['opt_betas']) != 2:
         raise UsageError(f"opt_betas must be [beta1, beta2], got {cfg['opt_betas']}")
     check_torchcompile(cfg)
+    precision = cfg['mixed_precision'] or os.environ.get('ACCELERATE_MIXED_PRECISION')  # or accelerate launch's
+    if cfg['torchcompile'] == 'inductor' and precision == 'bf16' and (args.cpu or not torch.cuda.is_available()):
+        raise UsageError("torchcompile=inductor with bf16 on the CPU segfaulted in the compiled classifier (torch "
+                         "2.14.1, benchmarks/lra.md): set mixed_precision=no or torchcompile=null for a CPU run")
+    if cfg['pad_to_max_len'] is None:  # a compiled model recompiles for every new length (~75 s each on a CPU)
+        cfg['pad_to_max_len'] = bool(cfg['torchcompile'])
     check_data(cfg)
     return cfg
 

@@ -176,6 +176,14 @@ def test_torchcompile_in_place_then_resume_eager(cache_dir, tmp_path):
     assert load_file(output / 'best' / 'model.safetensors').keys() == eager.state_dict().keys()
 
 
+def test_torchcompile_pads_every_batch_to_max_len():
+    """A compiled classifier meets one shape: dynamo would compile it anew for every sequence length."""
+    def padded(*overrides):
+        return lra_script.resolve_config(lra_script.parse_args(['--task', 'listops', *overrides]))['pad_to_max_len']
+    assert padded() is False and padded('torchcompile=inductor') is True
+    assert padded('torchcompile=inductor', 'pad_to_max_len=false') is False and padded('pad_to_max_len=true') is True
+
+
 @pytest.mark.parametrize('task', ['listops', 'retrieval'])
 def test_batches_pad_to_their_longest_or_to_max_len(task):
     """collate_cut cuts every sequence to max_len and pads a batch to its longest sequence, or with pad_to_max_len to
@@ -225,6 +233,7 @@ def test_bad_input_exits_2_before_any_model_work(cache_dir, tmp_path, monkeypatc
             (['--task', 'listops', 'epochs=0'], 'epochs must be positive'),
             (['--task', 'listops', 'torchcompile=nope'], 'torchcompile must be a torch.compile backend'),
             (['--task', 'listops', 'torchcompile_mode=reduce-overhead'], 'with a torchcompile backend set'),
+            (['--task', 'listops', 'torchcompile=inductor', 'mixed_precision=bf16'], 'with bf16 on the CPU segfaulted'),
             (['--task', 'pathfinder', '--config', str(tmp_path / 'nope.yaml')], 'config file not found'),
             (['--eval-only', '--checkpoint', str(tmp_path / 'none.safetensors')], 'checkpoint not found')]
     for argv, message in runs:
