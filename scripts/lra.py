@@ -45,7 +45,6 @@ settings recorded in it (--data-dir / --cache-dir replace the recorded paths) an
 import dataclasses
 import json
 import logging
-import os
 import sys
 import time
 from functools import partial
@@ -203,10 +202,9 @@ def resolve_config(args) -> dict:
     if len(cfg['opt_betas']) != 2:
         raise UsageError(f"opt_betas must be [beta1, beta2], got {cfg['opt_betas']}")
     check_torchcompile(cfg)
-    precision = cfg['mixed_precision'] or os.environ.get('ACCELERATE_MIXED_PRECISION')  # or accelerate launch's
-    if cfg['torchcompile'] == 'inductor' and precision == 'bf16' and (args.cpu or not torch.cuda.is_available()):
-        raise UsageError("torchcompile=inductor with bf16 on the CPU segfaulted in the compiled classifier (torch "
-                         "2.14.1, benchmarks/lra.md): set mixed_precision=no or torchcompile=null for a CPU run")
+    if cfg['torchcompile'] == 'inductor' and (args.cpu or not torch.cuda.is_available()):
+        raise UsageError("torchcompile=inductor on the CPU segfaulted in the compiled classifier (torch 2.14.1, fp32 "
+                         "and bf16; benchmarks/lra.md): leave torchcompile null for a CPU run (or use aot_eager)")
     if cfg['pad_to_max_len'] is None:  # a compiled model recompiles for every new length (~75 s each on a CPU)
         cfg['pad_to_max_len'] = bool(cfg['torchcompile'])
     check_data(cfg)
