@@ -12,11 +12,11 @@ from torch import nn
 from metala_vision.layers import MetaLABlock, MetaLAMixer
 
 
-
 def masked_mean(x, mask):
     """x [B, T, D] averaged over the real tokens of mask [B, T] (True = real) -> [B, D]; 0 where a row has none."""
     weights = mask[..., None].to(x.dtype)
     return (x * weights).sum(1) / weights.sum(1).clamp_min(1)
+
 
 class LRAClassifier(nn.Module):
     """ids [B, T] (+ mask [B, T], True = real token) -> logits [B, num_classes];
