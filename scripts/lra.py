@@ -34,10 +34,13 @@ Resuming: `--resume auto` continues from the newest checkpoint (or starts fresh 
 `--max-minutes N` (a time budget from the script's start, checked every log_interval updates) or
 `stop_after_updates` ends training; the current weights are then validated (a 'partial_epoch' record; they become
 best/ if better), a checkpoint is saved (mid-epoch if need be: --resume continues with the next batch) and the best
-weights are tested. The resumed training repeats the uninterrupted one exactly (data order seeded by (seed, epoch),
-dropout by the saved RNG states, evaluations leave the RNG alone); only a mid-epoch stop's extra validation may
-change best/, and the resumed epoch's train_loss covers the batches trained after the resume. The 'resume' and
-'stop' records hold the progress state: `epoch` counts the finished epochs, `batch` the batches of the next one.
+weights are tested. The resumed training repeats the uninterrupted one exactly on the CPU (data order seeded by
+(seed, epoch), dropout by the saved RNG states, evaluations leave the RNG alone); on a GPU, as exactly as two runs
+from the same seed agree there, which is not bitwise (ListOps compiled on an H200: the loss equal to 5 digits at
+update 50, validation accuracy 34.7-36.9% after the first epoch of three runs; benchmarks/lra.md). Only a
+mid-epoch stop's extra validation may change best/, and the resumed epoch's train_loss covers the batches trained
+after the resume. The 'resume' and 'stop' records hold the progress state: `epoch` counts the finished epochs,
+`batch` the batches of the next one.
 
 `--eval-only --checkpoint PATH` evaluates a best/model.safetensors on the validation and test splits with the
 settings recorded in it (--data-dir / --cache-dir replace the recorded paths) and prints one JSON line.
