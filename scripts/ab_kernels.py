@@ -7,8 +7,9 @@ version, then every round's times (their spread is the noise).
 
     python scripts/ab_kernels.py 51b0ce7 kernels [--rounds 2] [--cases 128:197:bidir:1 ...] [--out FILE]
 
-A case B:T:MODE:GATES is the batch, the tokens, bidir or causal, and a factor on MetaLA's gates logsigmoid(randn) / 16
-(200: every chunk decays past e^-30, the per-key path); H 6, K 32, V 64 (ViT-S heads), bf16 on CUDA.  The
+A case B:T:MODE:GATES[:GDTYPE] is the batch, the tokens, bidir or causal, a factor on MetaLA's gates
+logsigmoid(randn) / 16 (200: every chunk decays past e^-30, the per-key path), and the gates' dtype: fp32 (the
+default, as the mixer gives them) or bf16 (as q and v); H 6, K 32, V 64 (ViT-S heads), bf16 on CUDA.  The
 kernels autotune in each process as they do in training.  --device cpu runs the same in fp32 under Triton's
 interpreter: a check of the script, not a timing.  --graphs times each call replayed from a CUDA graph
 (`triton.testing.do_bench_cudagraph`, after a first call that autotunes): the GPU's time alone, without the host's
@@ -29,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 CASES = ['128:197:bidir:1', '256:197:bidir:1', '64:1024:bidir:1', '2:16384:bidir:1', '32:197:bidir:1',
          '128:197:causal:1', '128:197:bidir:200']
 H, K, V = 6, 32, 64
+GATE_DTYPES = {'fp32': 'float32', 'bf16': 'bfloat16'}  # torch dtype names (torch is imported by the workers only)
 
 
 def export(version, into):
@@ -55,11 +57,12 @@ def time_version(case_names, device, graphs):
     dtype = torch.bfloat16 if device == 'cuda' else torch.float32
     times = {}
     for name in case_names:
-        B, T, mode, gates = name.split(':')
+        B, T, mode, gates, *g_dtype = name.split(':')
         B, T, causal = int(B), int(T), mode == 'causal'
+        g_dtype = getattr(torch, GATE_DTYPES[g_dtype[0] if g_dtype else 'fp32'])
         gen = torch.Generator(device).manual_seed(0)
         q, v, do = (torch.randn(B, T, H, D, device=device, dtype=dtype, generator=gen) for D in (K, V, V))
-        g = (F.logsigmoid(torch.randn(B, T, H, K, device=device, generator=gen)) / 16 * float(gates)).contiguous()
+        g = (F.logsigmoid(torch.randn(B, T, H, K, device=device, generator=gen)) / 16 * float(gates)).to(g_dtype)
         fwd = lambda: chunk._chunk_fwd(q, g, g, v, K ** -0.5, causal, False)  # noqa: E731
         bwd = lambda: chunk._chunk_bwd(q, g, g, v, do, K ** -0.5, causal, False)  # noqa: E731
         times[name] = (milliseconds(fwd, device, graphs), milliseconds(bwd, device, graphs))
@@ -106,7 +109,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('versions', nargs='+', help='git revisions or folders of kernels, the first the baseline')
     parser.add_argument('--rounds', type=int, default=2)
-    parser.add_argument('--cases', nargs='+', default=CASES, metavar='B:T:MODE:GATES')
+    parser.add_argument('--cases', nargs='+', default=CASES, metavar='B:T:MODE:GATES[:GDTYPE]')
     parser.add_argument('--device', default='cuda', choices=['cuda', 'cpu'])
     parser.add_argument('--graphs', action='store_true', help='replay the calls from CUDA graphs (GPU time alone)')
     parser.add_argument('--out', help='also write the table here')
@@ -118,8 +121,9 @@ def main():
         parser.error('a version named twice')
     for case in args.cases:
         parts = case.split(':')
-        if len(parts) != 4 or not (parts[0].isdigit() and parts[1].isdigit()) or parts[2] not in ('bidir', 'causal'):
-            parser.error(f'--cases: {case!r} is not B:T:bidir|causal:GATES')
+        if len(parts) not in (4, 5) or not (parts[0].isdigit() and parts[1].isdigit()) \
+                or parts[2] not in ('bidir', 'causal') or parts[4:] and parts[4] not in GATE_DTYPES:
+            parser.error(f"--cases: {case!r} is not B:T:bidir|causal:GATES[:{'|'.join(GATE_DTYPES)}]")
     if args.worker:
         sys.path.insert(0, args.worker)
         print(json.dumps(time_version(args.cases, args.device, args.graphs)))

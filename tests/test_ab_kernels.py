@@ -14,8 +14,8 @@ pytestmark = pytest.mark.skipif(not (REPO / '.git').exists(), reason='needs the 
 
 
 def test_two_versions_side_by_side(tmp_path):
-    # 3:20 with stored states (step 2 in two launches on the CPU), 1:20 causal with strong gates recomputed
-    cases = ['3:20:bidir:1', '1:20:causal:200']
+    # 3:20 with stored states (step 2 in two launches on the CPU), 1:20 causal with strong bf16 gates recomputed
+    cases = ['3:20:bidir:1', '1:20:causal:200:bf16']
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
     out = subprocess.run([sys.executable, str(SCRIPT), 'HEAD', 'kernels', '--device', device, '--rounds', '1',
                           '--cases', *cases, '--out', str(tmp_path / 'ab.md')], cwd=REPO, capture_output=True,
@@ -29,10 +29,10 @@ def test_two_versions_side_by_side(tmp_path):
     assert lines[0] in out
 
 
-def test_bad_case_is_named():
-    result = subprocess.run([sys.executable, str(SCRIPT), 'HEAD', '--cases', '128:197:both:1'], capture_output=True,
-                            text=True)
-    assert result.returncode == 2 and "--cases: '128:197:both:1'" in result.stderr
+@pytest.mark.parametrize('case', ['128:197:both:1', '128:197:bidir:1:fp16'])
+def test_bad_case_is_named(case):
+    result = subprocess.run([sys.executable, str(SCRIPT), 'HEAD', '--cases', case], capture_output=True, text=True)
+    assert result.returncode == 2 and f"--cases: '{case}'" in result.stderr
 
 
 def test_graphs_need_cuda():
