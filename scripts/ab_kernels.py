@@ -5,7 +5,7 @@ go to stderr as it ends, so a run cut short keeps them). A version is a git revi
 or a folder holding the kernels. Prints a markdown table of the medians over the rounds with the ratios to the first
 version, then every round's times (their spread is the noise).
 
-    python scripts/ab_kernels.py 51b0ce7 kernels [--rounds 2] [--cases 128:197:bidir:1 ...] [--out FILE]
+    python scripts/ab_kernels.py 51b0ce7 kernels [--rounds 2] [--cases 128:197:bidir:1 ...] [--check] [--out FILE]
 
 A case B:T:MODE:GATES[:GDTYPE] is the batch, the tokens, bidir or causal, a factor on MetaLA's gates
 logsigmoid(randn) / 16 (200: every chunk decays past e^-30, the per-key path), and the gates' dtype: fp32 (the
@@ -13,7 +13,9 @@ default, as the mixer gives them) or bf16 (as q and v); H 6, K 32, V 64 (ViT-S h
 kernels autotune in each process as they do in training.  --device cpu runs the same in fp32 under Triton's
 interpreter: a check of the script, not a timing.  --graphs times each call replayed from a CUDA graph
 (`triton.testing.do_bench_cudagraph`, after a first call that autotunes): the GPU's time alone, without the host's
-launches, which bound these kernels at batch 128 and below.
+launches, which bound these kernels at batch 128 and below.  --check also gives each version's error against the
+PyTorch path in fp32 (o and the gradients of q, g, v), computed after its timing, with the configs it tuned: a
+version whose speed comes with wrong outputs (a launch config that breaks them) shows it in the same table.
 """
 import argparse
 import json
@@ -48,14 +50,14 @@ def export(version, into):
         raise SystemExit(f'{version}: no chunk.py in its kernels')
 
 
-def time_version(case_names, device, graphs):
-    """{case: (fwd ms, bwd ms)} and the file of the chunk module timed: the metala_kernels first on sys.path (run in a
-    worker process)."""
+def time_version(case_names, device, graphs, check):
+    """{case: (fwd ms, bwd ms)}, the file of the chunk module timed (the metala_kernels first on sys.path: run in a
+    worker process) and, with check, {case: error} (see max_error)."""
     import torch
     import torch.nn.functional as F
     from metala_kernels import chunk
     dtype = torch.bfloat16 if device == 'cuda' else torch.float32
-    times = {}
+    times, errors = {}, {}
     for name in case_names:
         B, T, mode, gates, *g_dtype = name.split(':')
         B, T, causal = int(B), int(T), mode == 'causal'
@@ -66,7 +68,24 @@ def time_version(case_names, device, graphs):
         fwd = lambda: chunk._chunk_fwd(q, g, g, v, K ** -0.5, causal, False)  # noqa: E731
         bwd = lambda: chunk._chunk_bwd(q, g, g, v, do, K ** -0.5, causal, False)  # noqa: E731
         times[name] = (milliseconds(fwd, device, graphs), milliseconds(bwd, device, graphs))
-    return times, chunk.__file__
+        if check:  # after the timing: with the configs it tuned
+            o, (dq, dg, _, dv) = fwd(), bwd()
+            errors[name] = max_error(dict(o=o, dq=dq, dg=dg, dv=dv), q, g, v, do, causal)
+    return times, chunk.__file__, errors
+
+
+def max_error(outputs, q, g, v, do, causal):
+    """The largest ||x - ref|| / ||ref|| of the kernels' outputs {o, dq, dg, dv} against the PyTorch path in fp32 (the
+    version's own chunk_metala_torch, through autograd); NaN if one of them is not finite."""
+    import torch
+    from metala_kernels import chunk_metala_torch
+    q, g, v = (x.to(torch.float32, copy=True).requires_grad_() for x in (q, g, v))
+    o = chunk_metala_torch(q, g, v, scale=q.shape[-1] ** -0.5, causal=causal)
+    o.backward(do.float())
+    refs = dict(o=o.detach(), dq=q.grad, dg=g.grad, dv=v.grad)
+    if not all(torch.isfinite(x).all() for x in outputs.values()):
+        return float('nan')
+    return max(((outputs[n].float() - r).norm() / r.norm()).item() for n, r in refs.items())
 
 
 def milliseconds(fn, device, graphs):
@@ -86,9 +105,9 @@ def milliseconds(fn, device, graphs):
     return statistics.median(runs)
 
 
-def table(versions, rounds):
-    """Markdown: per case the median fwd and bwd ms of each version, their ratios to the first version's, and the
-    rounds.  rounds: [{version: {case: (fwd, bwd)}}]."""
+def table(versions, rounds, checks=None):
+    """Markdown: per case the median fwd and bwd ms of each version, their ratios to the first version's, the
+    rounds, and (checks: {version: {case: error}}) the errors.  rounds: [{version: {case: (fwd, bwd)}}]."""
     cases = list(rounds[0][versions[0]])
     med = {v: {c: [statistics.median(r[v][c][i] for r in rounds) for i in (0, 1)] for c in cases} for v in versions}
     head = ['case'] + [f'{v} {p}' for v in versions for p in ('fwd', 'bwd')] + \
@@ -102,6 +121,9 @@ def table(versions, rounds):
     for c in cases:
         lines.append(f'- {c}: ' + '; '.join(
             f"{v} {', '.join(f'{r[v][c][0]:.3f}/{r[v][c][1]:.3f}' for r in rounds)}" for v in versions))
+    if checks:
+        lines += ['', 'Largest ||x - ref|| / ||ref|| of o, dq, dg, dv against the PyTorch path in fp32 (worst round):']
+        lines += [f'- {c}: ' + '; '.join(f'{v} {checks[v][c]:.1e}' for v in versions) for c in cases]
     return '\n'.join(lines) + '\n'
 
 
@@ -112,6 +134,8 @@ def main():
     parser.add_argument('--cases', nargs='+', default=CASES, metavar='B:T:MODE:GATES[:GDTYPE]')
     parser.add_argument('--device', default='cuda', choices=['cuda', 'cpu'])
     parser.add_argument('--graphs', action='store_true', help='replay the calls from CUDA graphs (GPU time alone)')
+    parser.add_argument('--check', action='store_true',
+                        help="also each version's error against the PyTorch path (fp32), with the configs it tuned")
     parser.add_argument('--out', help='also write the table here')
     parser.add_argument('--worker', help=argparse.SUPPRESS)  # a folder holding metala_kernels: time it, print JSON
     args = parser.parse_args()
@@ -126,7 +150,7 @@ def main():
             parser.error(f"--cases: {case!r} is not B:T:bidir|causal:GATES[:{'|'.join(GATE_DTYPES)}]")
     if args.worker:
         sys.path.insert(0, args.worker)
-        print(json.dumps(time_version(args.cases, args.device, args.graphs)))
+        print(json.dumps(time_version(args.cases, args.device, args.graphs, args.check)))
         return
     env = dict(os.environ, PYTHONUNBUFFERED='1')
     if args.device == 'cpu':
@@ -135,21 +159,25 @@ def main():
         folders = {version: Path(tmp) / str(i) for i, version in enumerate(args.versions)}
         for version, folder in folders.items():
             export(version, folder)
-        rounds = []
+        rounds, checks = [], {}
         for _ in range(args.rounds):
             rounds.append({})
             for version, folder in folders.items():
                 out = subprocess.run([sys.executable, __file__, *args.versions, '--device', args.device,
-                                      *(['--graphs'] if args.graphs else []), '--worker', str(folder), '--cases',
-                                      *args.cases], env=env, text=True,
+                                      *(['--graphs'] if args.graphs else []), *(['--check'] if args.check else []),
+                                      '--worker', str(folder), '--cases', *args.cases], env=env, text=True,
                                      stdout=subprocess.PIPE, check=True).stdout
-                times, timed_file = json.loads(out.splitlines()[-1])
+                times, timed_file, errors = json.loads(out.splitlines()[-1])
                 if not Path(timed_file).resolve().is_relative_to(folder.resolve()):
                     raise SystemExit(f'{version}: the worker imported {timed_file}, not the copy in {folder}')
                 rounds[-1][version] = {c: tuple(t) for c, t in times.items()}
-                print(f'round {len(rounds)} {version}: ' + ', '.join(f'{c} {f:.3f}/{b:.3f}' for c, (f, b) in
-                                                                   times.items()), file=sys.stderr, flush=True)
-    text = table(args.versions, rounds)
+                for case, error in errors.items():  # the worst round's; NaN stays
+                    worst = checks.setdefault(version, {}).get(case, 0.)
+                    checks[version][case] = error if error != error or error > worst else worst
+                print(f'round {len(rounds)} {version}: ' + ', '.join(
+                    f'{c} {f:.3f}/{b:.3f}' + (f' (err {errors[c]:.1e})' if c in errors else '')
+                    for c, (f, b) in times.items()), file=sys.stderr, flush=True)
+    text = table(args.versions, rounds, checks)
     print(text)
     if args.out:
         Path(args.out).write_text(text)

@@ -18,8 +18,8 @@ def test_two_versions_side_by_side(tmp_path):
     cases = ['3:20:bidir:1', '1:20:causal:200:bf16']
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
     out = subprocess.run([sys.executable, str(SCRIPT), 'HEAD', 'kernels', '--device', device, '--rounds', '1',
-                          '--cases', *cases, '--out', str(tmp_path / 'ab.md')], cwd=REPO, capture_output=True,
-                         text=True, check=True).stdout
+                          '--cases', *cases, '--check', '--out', str(tmp_path / 'ab.md')], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout
     lines = (tmp_path / 'ab.md').read_text().splitlines()
     assert lines[0] == '| case | HEAD fwd | HEAD bwd | kernels fwd | kernels bwd | kernels / HEAD fwd | ' \
                        'kernels / HEAD bwd |'
@@ -27,6 +27,12 @@ def test_two_versions_side_by_side(tmp_path):
     assert [row[0] for row in rows] == cases
     assert all(float(cell) > 0 for row in rows for cell in row[1:])
     assert lines[0] in out
+    # errors against the PyTorch path: '- case: HEAD err; kernels err', bf16 where q, v (GPU) or dg (bf16 gates) are
+    errors = lines[lines.index(next(line for line in lines if line.startswith('Largest'))) + 1:]
+    assert [line.split(': ')[0] for line in errors if line] == [f'- {case}' for case in cases]
+    for case, line in zip(cases, errors):
+        tol = 2e-2 if device == 'cuda' or case.endswith('bf16') else 1e-4
+        assert all(0 <= float(e.split()[-1]) < tol for e in line.split(': ', 1)[1].split('; ')), line
 
 
 @pytest.mark.parametrize('case', ['128:197:both:1', '128:197:bidir:1:fp16'])
