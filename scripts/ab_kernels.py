@@ -79,10 +79,10 @@ def max_error(outputs, q, g, v, do, causal):
     version's own chunk_metala_torch, through autograd); NaN if one of them is not finite."""
     import torch
     from metala_kernels import chunk_metala_torch
-    q, g, v = (x.to(torch.float32, copy=True).requires_grad_() for x in (q, g, v))
-    o = chunk_metala_torch(q, g, v, scale=q.shape[-1] ** -0.5, causal=causal)
-    o.backward(do.float())
-    refs = dict(o=o.detach(), dq=q.grad, dg=g.grad, dv=v.grad)
+    q32, g32, v32 = (x.to(torch.float32, copy=True).requires_grad_() for x in (q, g, v))
+    o32 = chunk_metala_torch(q32, g32, v32, scale=q.shape[-1] ** -0.5, causal=causal)
+    o32.backward(do.float())
+    refs = dict(o=o32.detach(), dq=q32.grad, dg=g32.grad, dv=v32.grad)
     if not all(torch.isfinite(x).all() for x in outputs.values()):
         return float('nan')
     return max(((outputs[n].float() - r).norm() / r.norm()).item() for n, r in refs.items())

@@ -28,7 +28,7 @@ def test_two_versions_side_by_side(tmp_path):
     assert all(float(cell) > 0 for row in rows for cell in row[1:])
     assert lines[0] in out
     # errors against the PyTorch path: '- case: HEAD err; kernels err', bf16 where q, v (GPU) or dg (bf16 gates) are
-    errors = lines[lines.index(next(line for line in lines if line.startswith('Largest'))) + 1:]
+    errors = lines[next(i for i, line in enumerate(lines) if line.startswith('Largest')) + 1:]
     assert [line.split(': ')[0] for line in errors if line] == [f'- {case}' for case in cases]
     for case, line in zip(cases, errors):
         tol = 2e-2 if device == 'cuda' or case.endswith('bf16') else 1e-4
