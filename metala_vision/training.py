@@ -85,7 +85,7 @@ def load_config(path: Optional[str], overrides=(), defaults: dict = None, types:
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError:
             raise UsageError(f'override {item!r}: value is not valid YAML') from None
-        if isinstance(value, (bool, int, float)) and _declared_type(defaults, types, key.strip()) is str:
+        if isinstance(value, (bool, int, float)) and _setting_types(defaults, types, key.strip()) == (str,):
             value = text.strip()  # a str setting takes the text as written: mixed_precision=no, not YAML's False
         nested = value
         for part in reversed(key.strip().split('.')):
@@ -94,14 +94,20 @@ def load_config(path: Optional[str], overrides=(), defaults: dict = None, types:
     return cfg
 
 
-def _declared_type(defaults: dict, types: dict, name: str):
-    """The type a dotted setting name must have (its default's, else types'), or None if not known."""
+def _setting_types(defaults: dict, types: dict, name: str):
+    """The types a dotted setting name may take (see _expected_types), or None if not known."""
     node = defaults or {}
     for part in name.split('.'):
         if not isinstance(node, dict) or part not in node:
             return None
         node = node[part]
-    return type(node) if node is not None else types.get(name)
+    return _expected_types(node, types.get(name))
+
+
+def _expected_types(default, declared):
+    """A setting's types as a tuple: the declared type(s), else its default's; None if neither is known."""
+    expected = declared or (type(default) if default is not None else None)
+    return expected if expected is None or isinstance(expected, tuple) else (expected,)
 
 
 def _merge(cfg: dict, values: dict, schema: dict, types: dict, source: str, prefix: str = ''):
@@ -124,10 +130,9 @@ def _merge(cfg: dict, values: dict, schema: dict, types: dict, source: str, pref
 
 def _coerce(value, default, declared, name: str, source: str):
     """`value` checked against the type of `default` (or the declared type when the default is None)."""
-    expected = declared or (type(default) if default is not None else None)
+    expected = _expected_types(default, declared)
     if value is None or expected is None:
         return value
-    expected = expected if isinstance(expected, tuple) else (expected,)
     if isinstance(value, bool):  # bool is an int subclass: accept it only where bool is expected
         ok = bool in expected
     else:
