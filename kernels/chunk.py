@@ -261,19 +261,20 @@ def _scan_states(x, g, y, states, decays, n, NT, T, scale, H: tl.constexpr, K: t
                  BT: tl.constexpr, REVERSE: tl.constexpr, X_IS_Q: tl.constexpr, CARRY: tl.constexpr,
                  PREC: tl.constexpr, XS: tl.constexpr, YS: tl.constexpr):
     """One scan's part of _metala_states_kernel (x, g, y at its (batch, head); states [N, K, V] and decays [N, K]
-    its slot): CARRY, the state entering every chunk, scanning left to right or (REVERSE) right to left;
-    otherwise chunk n's own term and decay."""
+    its slot): CARRY, the state entering every chunk but the first scanned (zero there: step 2 does not read it),
+    scanning left to right or (REVERSE) right to left, so the last chunk scanned is never loaded; otherwise chunk
+    n's own term and decay."""
     offs = tl.arange(0, K)[:, None] * V + tl.arange(0, V)[None, :]
     if CARRY:
         s = tl.zeros([K, V], dtype=tl.float32)
-        for i in range(NT):
+        for i in range(NT - 1):
             if REVERSE:
-                n = NT - 1 - i
+                n, entered = NT - 1 - i, NT - 2 - i
             else:
-                n = i
-            tl.store(states + n * K * V + offs, s.to(states.dtype.element_ty))
+                n, entered = i, i + 1
             term, decay = _chunk_term(x, g, y, n * BT, T, scale, H, K, V, BT, REVERSE, X_IS_Q, PREC, XS, YS)
             s = decay[:, None] * s + term
+            tl.store(states + entered * K * V + offs, s.to(states.dtype.element_ty))
     else:
         term, decay = _chunk_term(x, g, y, n * BT, T, scale, H, K, V, BT, REVERSE, X_IS_Q, PREC, XS, YS)
         tl.store(states + n * K * V + offs, term)
@@ -287,7 +288,8 @@ def _metala_states_kernel(q, g, gb, v, do, states, decays, slow, T, scale,
                           CARRY: tl.constexpr, PREC: tl.constexpr, QS: tl.constexpr, VS: tl.constexpr):
     """Step 1, a scan and (BIDIR) its mirror in one launch: the state [K, V] entering every chunk n, at states
     [B*H, DIRS, N, K, V] in slot FIRST (and, BIDIR, FIRST + DIRS / 2): the sum over the chunks already passed of
-    (x f)^T y, decayed by the chunks in between.
+    (x f)^T y, decayed by the chunks in between; zero entering the first chunk scanned, which CARRY leaves unstored
+    and step 2 does not read.
     - values: S (left to right, gates g) and R (right to left, gates gb): x f = k e^(total - lam), k = 1 - e^g, y = v;
     - gradients (X_IS_Q, the backward's): dS (right to left, gates g) and dR (left to right, gates gb): x f = q e^lam,
       y = scale * do.
@@ -380,14 +382,14 @@ def _out_chunk(q, g, gb, v, o, states, slow, n, i_bh, T, scale,
         qc, vc = _load_chunk(q, t0, T, K, QS, BT).to(tl.float32), _load_chunk(v, t0, T, V, VS, BT)
         if RECOMPUTE:
             s = _state_over(q, g, v, 0, n, T, scale, H, K, V, BT, False, False, PREC, QS, VS)
-        else:
-            s = tl.load(states + state_offs)
+        else:  # none stored entering the first chunk (S) or the last (R): zero
+            s = tl.load(states + state_offs, mask=(state_offs >= 0) & (n > 0), other=0.)
         if not BIDIR:
             r = s
         elif RECOMPUTE:
             r = _state_over(q, gb, v, NT - 1, NT - 1 - n, T, scale, H, K, V, BT, True, False, PREC, QS, VS)
         else:
-            r = tl.load(states + NT * K * V + state_offs)
+            r = tl.load(states + NT * K * V + state_offs, mask=(state_offs >= 0) & (n + 1 < NT), other=0.)
         acc = _chunk_output(qc, gc, gbc, vc, s, r, BIDIR, BT, DT, PREC, PATHS)
         _store_chunk(o, acc * scale, t0, T, V, H * V, BT)
 
@@ -433,6 +435,7 @@ def _grad_chunk(q, g, gb, v, do, dq, dg, dgb, dv, states, slow, n, i_bh, T, scal
     states += i_bh.to(tl.int64) * DIRS * NT * K * V
     offs = tl.arange(0, K)[:, None] * V + tl.arange(0, V)[None, :]
     has_next = (offs >= 0) & (n + 1 < NT)  # the state entering the next chunk; none after the last
+    has_prev = (offs >= 0) & (n > 0)  # states stored entering chunk n: S and dR from the left, dS and R from the right
     rows = tl.arange(0, BT)
     fwd_seen = rows[:, None] >= rows[None, :]
     DT = v.dtype.element_ty
@@ -449,8 +452,8 @@ def _grad_chunk(q, g, gb, v, do, dq, dg, dgb, dv, states, slow, n, i_bh, T, scal
             s = _state_over(q, g, v, 0, n, T, scale, H, K, V, BT, False, False, PREC, QS, VS)
             ds = _state_over(q, g, do, NT - 1, NT - 1 - n, T, scale, H, K, V, BT, True, True, PREC, QS, H * V)
         else:
-            s = tl.load(states + n * K * V + offs)
-            ds = tl.load(states + (NT + n) * K * V + offs)
+            s = tl.load(states + n * K * V + offs, mask=has_prev, other=0.)
+            ds = tl.load(states + (NT + n) * K * V + offs, mask=has_next, other=0.)
         k, lam, qf, kf, decay = _forward_scan_gates(gc)
         if RECOMPUTE:  # the state after this chunk: one more step of the scan
             s_next = decay[:, None] * s + tl.dot(tl.trans((k * kf).to(DT)), vc, input_precision=PREC)
@@ -473,8 +476,8 @@ def _grad_chunk(q, g, gb, v, do, dq, dg, dgb, dv, states, slow, n, i_bh, T, scal
                 dr_next = decay_b[:, None] * dr + tl.dot(tl.trans((qc * qf_b).to(DT)), doc, input_precision=PREC)
                 dr_next = tl.where(has_next, dr_next, 0.)
             else:
-                r = tl.load(states + (2 * NT + n) * K * V + offs)
-                dr = tl.load(states + (3 * NT + n) * K * V + offs)
+                r = tl.load(states + (2 * NT + n) * K * V + offs, mask=has_next, other=0.)
+                dr = tl.load(states + (3 * NT + n) * K * V + offs, mask=has_prev, other=0.)
                 dr_next = tl.load(states + (3 * NT + n + 1) * K * V + offs, mask=has_next, other=0.)
             fast_b = _one_product(decay_b, DT, PATHS)
             dq_b = _query_grad(qc, kb, gbc, lam_b, qf_b, da, doc, r, ~fwd_seen, fast_b, True, BT, DT, PREC)
@@ -625,6 +628,12 @@ def _states_dtype(v, NT, BH):
     return v.dtype if _carries(NT, BH, v.device) else torch.float32
 
 
+def _empty_states(v, shape, dtype):
+    """Step 1's buffer of states [B*H, dirs, N, K, V], uninitialised: step 1 writes what step 2 reads (the tests fill
+    it with NaN to check that)."""
+    return v.new_empty(shape, dtype=dtype)
+
+
 def _fill_states(states, slow, q, g, gb, v, do, T, scale, bidir, shapes):
     """Step 1: the states [B*H, dirs, N, K, V] of S (and R, bidir) in one launch, or with do (the backward's) of S,
     dS (and R, dR) in two, values and gradients (q and v in token rows, see token_rows; do contiguous or None;
@@ -657,8 +666,7 @@ def _chunk_fwd(q: torch.Tensor, g: torch.Tensor, gb: torch.Tensor, v: torch.Tens
     recompute = _recompute_states(NT, B * H, v.device)
     shapes = dict(H=H, K=K, V=V, BT=BT, PREC=_precision(v))
     # S, R entering each chunk
-    states = v.new_empty(0 if recompute else B * H, 2 if not causal else 1, NT, K, V,
-                         dtype=_states_dtype(v, NT, B * H))
+    states = _empty_states(v, (0 if recompute else B * H, 1 if causal else 2, NT, K, V), _states_dtype(v, NT, B * H))
     launches, slow = _step2_launches(NT, B * H, recompute, v.device)
     if not recompute:
         _fill_states(states, slow, q, g, gb, v, None, T, scale, not causal, shapes)
@@ -681,7 +689,7 @@ def _chunk_bwd(q: torch.Tensor, g: torch.Tensor, gb: torch.Tensor, v: torch.Tens
     NT = triton.cdiv(T, BT)
     recompute = _recompute_states(NT, B * H, v.device)
     shapes = dict(H=H, K=K, V=V, BT=BT, PREC=_precision(v))
-    states = v.new_empty(0 if recompute else B * H, 2 if causal else 4, NT, K, V, dtype=_states_dtype(v, NT, B * H))
+    states = _empty_states(v, (0 if recompute else B * H, 2 if causal else 4, NT, K, V), _states_dtype(v, NT, B * H))
     launches, slow = _step2_launches(NT, B * H, recompute, v.device)
     if not recompute:
         _fill_states(states, slow, q, g, gb, v, do, T, scale, not causal, shapes)

@@ -218,8 +218,10 @@ def test_state_boundaries(causal, states, monkeypatch):
     needs per-pair decays (alpha ~ 0 in its middle) between chunks that do not, gradients included: the states
     entering each chunk (carried through the chunks by one program, or the chunks' terms combined 2 at a time, so
     across 3 tiles, the last one partial, or recomputed by each chunk's program from the others), and the gate
-    gradient's part from later chunks (the boundary products)."""
+    gradient's part from later chunks (the boundary products).  The states' buffer starts as NaN: step 2 reads only
+    what step 1 wrote (no state is stored entering the first chunk a scan passes)."""
     from metala_kernels import chunk
+    monkeypatch.setattr(chunk, '_empty_states', lambda v, shape, dtype: v.new_full(shape, float('nan'), dtype=dtype))
     monkeypatch.setattr(chunk, 'RECOMPUTE_MAX_CHUNKS', 5 if states == 'recomputed' else 0)
     monkeypatch.setattr(chunk, 'RECOMPUTE_PROGRAMS_PER_SM', 10 ** 9)
     monkeypatch.setattr(chunk, 'CARRY_PROGRAMS_PER_SM', 0 if states == 'carried' else 10 ** 9)
@@ -234,6 +236,21 @@ def test_state_boundaries(causal, states, monkeypatch):
     do = torch.randn(2, T, 2, 32, dtype=torch.float64)
     assert_close(run(x, mask, torch.float32, do, causal=causal, backend='triton'), oracle(x, mask, do, causal),
                  TOL[torch.float32])
+
+
+@NEEDS_TRITON
+@pytest.mark.parametrize('T', [1, 20, 70])
+def test_stored_states_of_one_and_two_chunks(T, monkeypatch):
+    """States stored by step 1 where a scan passes one chunk (none stored at all) or two: step 2 reads only what
+    was written (the buffer starts as NaN), both modes, gradients included."""
+    from metala_kernels import chunk
+    monkeypatch.setattr(chunk, '_empty_states', lambda v, shape, dtype: v.new_full(shape, float('nan'), dtype=dtype))
+    monkeypatch.setattr(chunk, 'RECOMPUTE_MAX_CHUNKS', 0)
+    x, _ = make_inputs(2, T, 2, 16, 32, seed=T)
+    do = torch.randn(2, T, 2, 32, dtype=torch.float64)
+    for causal in (False, True):
+        assert_close(run(x, None, torch.float32, do, causal=causal, backend='triton'), oracle(x, None, do, causal),
+                     TOL[torch.float32])
 
 
 @pytest.mark.parametrize('g_value', [-1e-7, -20.0])
