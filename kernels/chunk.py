@@ -533,9 +533,12 @@ def _chunk_len(T, K, V):
 # test suite; fp32 and every 8-warp config were right).
 # The output kernel runs with 4 warps only: with 8, a launch that computed some chunks and left the others (the
 # first form of _step2_launches) hit an illegal memory access on an H200 with triton 3.6 (B 128, T 197, bf16; 4
-# warps were right at every gate regime: benchmarks/NOTES.md, session 13).
+# warps were right at every gate regime: benchmarks/NOTES.md, session 13).  Its configs also cap it at 128
+# registers: the fast launch then spills 160 bytes a thread (sm_90) but fits 4 programs an SM instead of 2, 2-4%
+# faster forwards at T 197 (ops.md, session 18); the slow launch and the recomputing one spill 0.7-1.4 KB so,
+# untimed: the autotuner chooses for each.
 FWD_CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 8) for s in (1, 2)]
-OUT_CONFIGS = [config for config in FWD_CONFIGS if config.num_warps == 4]
+OUT_CONFIGS = [triton.Config({}, num_warps=4, num_stages=s, maxnreg=r) for r in (None, 128) for s in (1, 2)]
 BWD_CONFIGS = [triton.Config({}, num_warps=8, num_stages=s) for s in (1, 2)]
 
 
@@ -548,9 +551,8 @@ def _launcher(kernel, configs, key=('H', 'K', 'V', 'BT', 'BIDIR', 'SEP_GB', 'REC
     to each launch (scripts/host_time.py, benchmarks/NOTES.md session 15).  The interpreter has no driver to tune
     with, and METALA_AUTOTUNE=0 (many short test shapes) skips the tuning compiles: both run the first config."""
     if INTERPRET or os.environ.get('METALA_AUTOTUNE', '1') == '0':
-        first = configs[0]
-        return lambda grid, *args, **kw: kernel[grid](*args, num_warps=first.num_warps,
-                                                      num_stages=first.num_stages, **kw)
+        first = configs[0].all_kwargs()  # warps, stages and (OUT_CONFIGS) the register cap
+        return lambda grid, *args, **kw: kernel[grid](*args, **kw, **first)
     tuned = triton.autotune(configs, key=list(key), restore_value=list(restore))(kernel)
     keyed = operator.itemgetter(*key)
     best = {}  # the autotuner's key (the values named in key, the tensors' dtypes) -> the tuned config's options

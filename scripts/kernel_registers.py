@@ -30,35 +30,46 @@ def pointers(names, states='*bf16'):
             else states if name == 'states' else '*bf16' for name in names}
 
 
+def launches(configs, also=()):
+    """The (warps, register cap or None) a kernel's configs launch with, and (also) more warps uncapped."""
+    return sorted({(config.num_warps, config.maxnreg) for config in configs} | {(warps, None) for warps in also},
+                  key=lambda launch: (launch[0], launch[1] or 0))
+
+
 STATES = ('q', 'g', 'gb', 'v', 'do', 'states', 'decays', 'slow')
-KERNELS = [  # (name, kernel, pointer args and types, constexpr variant, warps to try); step 2 reads carried states
+KERNELS = [  # (name, kernel, pointer args and types, constexpr variant, launches to compile); step 2 reads carried
+    # states
     ('states (values: S, R), carried', chunk._metala_states_kernel, pointers(STATES),
-     dict(BIDIR=True, X_IS_Q=False, DIRS=4, FIRST=0, CARRY=True), (4, 8)),
+     dict(BIDIR=True, X_IS_Q=False, DIRS=4, FIRST=0, CARRY=True), launches(chunk.FWD_CONFIGS)),
     ('states (gradients: dS, dR), carried', chunk._metala_states_kernel, pointers(STATES),
-     dict(BIDIR=True, X_IS_Q=True, DIRS=4, FIRST=1, CARRY=True), (4, 8)),
+     dict(BIDIR=True, X_IS_Q=True, DIRS=4, FIRST=1, CARRY=True), launches(chunk.FWD_CONFIGS)),
     ('states (values), chunk terms', chunk._metala_states_kernel, pointers(STATES, '*fp32'),
-     dict(BIDIR=True, X_IS_Q=False, DIRS=4, FIRST=0, CARRY=False), (4, 8)),
+     dict(BIDIR=True, X_IS_Q=False, DIRS=4, FIRST=0, CARRY=False), launches(chunk.FWD_CONFIGS)),
     ('states, combine', chunk._metala_combine_kernel, pointers(('states', 'decays'), '*fp32'),
-     dict(DIRS=2, REVERSED=2, BLOCK=chunk.COMBINE_BLOCK, CHUNKS=chunk.COMBINE_CHUNKS), (4,)),
+     dict(DIRS=2, REVERSED=2, BLOCK=chunk.COMBINE_BLOCK, CHUNKS=chunk.COMBINE_CHUNKS), launches([], also=(4,))),
 ] + [  # step 2, both modes: its two launches with the states from step 1, and its one with the states recomputed
     (f"{name}, {'bidirectional' if bidir else 'causal'}, "
      f"{'states recomputed' if recompute else f'{paths} launch'}", kernel, types,
-     dict(BIDIR=bidir, SEP_GB=False, RECOMPUTE=recompute, PATHS=paths), warps)
-    for name, kernel, types, warps in (
-        ('output', chunk._metala_out_kernel, pointers(('q', 'g', 'gb', 'v', 'o', 'states', 'slow')), (4, 8)),
+     dict(BIDIR=bidir, SEP_GB=False, RECOMPUTE=recompute, PATHS=paths), kernel_launches)
+    for name, kernel, types, kernel_launches in (
+        ('output', chunk._metala_out_kernel, pointers(('q', 'g', 'gb', 'v', 'o', 'states', 'slow')),
+         launches(chunk.OUT_CONFIGS, also=(8,))),
         ('backward', chunk._metala_bwd_kernel,
-         pointers(('q', 'g', 'gb', 'v', 'do', 'dq', 'dg', 'dgb', 'dv', 'states', 'slow')), (8,)))
+         pointers(('q', 'g', 'gb', 'v', 'do', 'dq', 'dg', 'dgb', 'dv', 'states', 'slow')),
+         launches(chunk.BWD_CONFIGS)))
     for recompute, paths in ((False, 'fast'), (False, 'slow'), (True, 'both')) for bidir in (True, False)]
 
 
-def resources(kernel, pointer_types, constexprs, num_warps, arch):
-    """(registers per thread, spill store bytes, shared memory bytes, SASS instructions) of one compiled variant."""
+def resources(kernel, pointer_types, constexprs, num_warps, arch, maxnreg=None):
+    """(registers per thread, spill store bytes, shared memory bytes, SASS instructions) of one compiled variant
+    (maxnreg: a cap on its registers, as a config's)."""
     signature = dict(pointer_types)
     signature.update({name: 'fp32' if name == 'scale' else 'i32' for name in ('T', 'NT', 'scale', 'BH_STRIDE')
                       if name in kernel.arg_names})
     signature.update({name: 'constexpr' for name in constexprs})
     compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs),
-                              target=GPUTarget('cuda', arch, 32), options=dict(num_warps=num_warps, num_stages=1))
+                              target=GPUTarget('cuda', arch, 32),
+                              options=dict(num_warps=num_warps, num_stages=1, maxnreg=maxnreg))
     with tempfile.TemporaryDirectory() as tmp:
         ptx = os.path.join(tmp, 'kernel.ptx')
         with open(ptx, 'w') as f:
@@ -83,17 +94,19 @@ def main():
     parser.add_argument('--chunk', type=int, default=None, help='tokens a chunk (default: as the kernels choose)')
     args = parser.parse_args()
     print(f'triton {triton.__version__}, sm_{args.arch}')
-    print('| kernel | K | V | chunk | warps | registers | spill bytes | shared bytes | SASS instructions |')
-    print('|---|---|---|---|---|---|---|---|---|')
+    print('| kernel | K | V | chunk | warps | register cap | registers | spill bytes | shared bytes '
+          '| SASS instructions |')
+    print('|---|---|---|---|---|---|---|---|---|---|')
     for widths in args.widths:
         K, V = map(int, widths.split(':'))
         BT = args.chunk or chunk._chunk_len(4096, K, V)
         shapes = dict(H=6, K=K, V=V, BT=BT, PREC='tf32', QS=6 * K, VS=6 * V)  # contiguous
-        for name, kernel, pointers, variant, warps in KERNELS:
+        for name, kernel, pointers, variant, kernel_launches in KERNELS:
             constexprs = {arg: value for arg, value in dict(shapes, **variant).items() if arg in kernel.arg_names}
-            for num_warps in warps:
-                counts = resources(kernel, pointers, constexprs, num_warps, args.arch)
-                print(f'| {name} | {K} | {V} | {BT} | {num_warps} | ' + ' | '.join(map(str, counts)) + ' |', flush=True)
+            for num_warps, cap in kernel_launches:
+                counts = resources(kernel, pointers, constexprs, num_warps, args.arch, cap)
+                print(f'| {name} | {K} | {V} | {BT} | {num_warps} | {cap or "-"} | ' + ' | '.join(map(str, counts))
+                      + ' |', flush=True)
 
 
 if __name__ == '__main__':
