@@ -5,8 +5,11 @@ Peers at the same B, T, H: SDPA (FlashAttention backend, head dim 64), fla's two
 mode.  Medians of triton.testing.do_bench (do_bench_cudagraph with --graphs).  The bytes floor is q, g, v read
 once and o written once over the measured device-to-device copy bandwidth.
 
-    python scripts/bench_ops.py [--dtype bf16] [--out benchmarks/ops.md] [--shapes B:T:H ...] [--widths K:V ...]
-                                [--no-fla] [--graphs]
+    python scripts/bench_ops.py [--dtype bf16] [--gates fp32] [--out benchmarks/ops.md] [--shapes B:T:H ...]
+                                [--widths K:V ...] [--no-fla] [--graphs]
+
+q and v are in --dtype; the gates g = log(alpha) in fp32 by default, as the MetaLA layers give them (their
+logsigmoid runs in fp32), or (--gates input) in --dtype too.
 
 The calls are timed as a program calls them, host included (do_bench): at T 197 our forward and backward kernels
 take 0.1-0.8 ms, about what Python spends launching them, so the whole-op times there move with the host.  --graphs
@@ -62,16 +65,17 @@ def check_against_torch_path(q, g, v, causal):
     PyTorch path in fp32 on the same inputs.  A timing of wrong results is worthless."""
     do = torch.randn_like(v)
     results = []
-    for backend, dtype in (('triton', q.dtype), ('torch', torch.float32)):
-        xs = [x.detach().to(dtype).requires_grad_() for x in (q, g, v)]
-        metala_attn(*xs, causal=causal, backend=backend).backward(do.to(dtype))
+    for backend, dtype in (('triton', None), ('torch', torch.float32)):  # None: each input in its own dtype
+        xs = [x.detach().to(dtype or x.dtype, copy=True).requires_grad_() for x in (q, g, v)]
+        metala_attn(*xs, causal=causal, backend=backend).backward(do.to(dtype or v.dtype))
         results.append([metala_attn(*xs, causal=causal, backend=backend).detach()] + [x.grad for x in xs])
     return max(((a.float() - b).norm() / b.norm()).item() for a, b in zip(*results))
 
 
-def metala_inputs(B, T, H, K, V, dtype):
+def metala_inputs(B, T, H, K, V, dtype, gate_dtype):
+    """q [B, T, H, K], g [B, T, H, K] (gate_dtype), v [B, T, H, V]: random, g = logsigmoid(randn) / 16."""
     q = torch.randn(B, T, H, K, device='cuda', dtype=dtype, requires_grad=True)
-    g = (F.logsigmoid(torch.randn(B, T, H, K, device='cuda')) / 16).to(dtype).requires_grad_()
+    g = (F.logsigmoid(torch.randn(B, T, H, K, device='cuda')) / 16).to(gate_dtype).requires_grad_()
     v = torch.randn(B, T, H, V, device='cuda', dtype=dtype, requires_grad=True)
     return q, g, v
 
@@ -93,7 +97,7 @@ def sdpa(q, k, v):
         return F.scaled_dot_product_attention(q, k, v)
 
 
-def run(shapes, widths, dtype, bandwidth, out_path, head, with_fla=True, graphs=False):
+def run(shapes, widths, dtype, gate_dtype, bandwidth, out_path, head, with_fla=True, graphs=False):
     """Times every (B, T, H) of shapes at every (K, V) of widths (graphs: see bench); the file at out_path gets each
     row as it is measured.  Without with_fla, fla's columns are nan (printed as -)."""
     rows = []
@@ -102,7 +106,7 @@ def run(shapes, widths, dtype, bandwidth, out_path, head, with_fla=True, graphs=
         sdpa_fwd, sdpa_train = fwd_and_train(sdpa, qs, graphs)
         del qs
         for K, V in widths:
-            q, g, v = metala_inputs(B, T, H, K, V, dtype)
+            q, g, v = metala_inputs(B, T, H, K, V, dtype, gate_dtype)
             # as the layers call it: their g = logsigmoid(.) / 16 <= 0 needs no check (a host sync by default)
             ours = fwd_and_train(lambda q, g, v: metala_attn(q, g, v, check_gates=False), (q, g, v), graphs)
             ours_causal = fwd_and_train(lambda q, g, v: metala_attn(q, g, v, causal=True, check_gates=False),
@@ -117,7 +121,7 @@ def run(shapes, widths, dtype, bandwidth, out_path, head, with_fla=True, graphs=
                 except ImportError:
                     pass
             err = max(check_against_torch_path(q, g, v, False), check_against_torch_path(q, g, v, True))
-            floor_ms = (q.numel() + g.numel() + 2 * v.numel()) * q.element_size() / bandwidth * 1e3
+            floor_ms = sum(x.numel() * x.element_size() for x in (q, g, v, v)) / bandwidth * 1e3  # o as v
             rows.append(dict(B=B, T=T, H=H, K=K, V=V, err=err, floor=floor_ms, ours=ours, sdpa=(sdpa_fwd, sdpa_train),
                              fla_bi=fla_bi, causal=ours_causal, fla_causal=fla_c))
             print(table([rows[-1]], header=not rows[:-1]), flush=True)
@@ -148,6 +152,8 @@ def table(rows, header=True):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--dtype', default='bf16', choices=['bf16', 'fp16', 'fp32'])
+    parser.add_argument('--gates', default='fp32', choices=['fp32', 'input'],
+                        help="g's dtype: fp32 (as the layers give it) or input (--dtype)")
     parser.add_argument('--out', default='benchmarks/ops.md')
     parser.add_argument('--shapes', nargs='+', metavar='B:T:H', type=lambda s: tuple(map(int, s.split(':'))),
                         default=SHAPES, help='batch:length:heads to time (default: %(default)s)')
@@ -159,13 +165,14 @@ def main():
     if not torch.cuda.is_available():
         raise SystemExit('bench_ops.py times GPU kernels: no CUDA device is visible')
     dtype = dict(bf16=torch.bfloat16, fp16=torch.float16, fp32=torch.float32)[args.dtype]
+    gate_dtype = torch.float32 if args.gates == 'fp32' else dtype
     bandwidth = copy_bandwidth()
     try:
         import fla
         fla_version = 'not timed' if args.no_fla else fla.__version__
     except ImportError:
         fla_version = 'not installed'
-    head = (f'# MetaLA attention vs peers ({args.dtype})\n\n'
+    head = (f'# MetaLA attention vs peers ({args.dtype}, gates {args.dtype if args.gates == "input" else "fp32"})\n\n'
             f'- device: {torch.cuda.get_device_name()}; measured copy bandwidth {bandwidth / 1e12:.2f} TB/s\n'
             f'- torch {torch.__version__}, triton {triton.__version__}, fla {fla_version}, '
             f'python {platform.python_version()}; date {datetime.date.today()}\n'
@@ -174,10 +181,11 @@ def main():
                'the host\'s' if args.graphs else 'triton.testing.do_bench: host included') +
             f'); SDPA is FlashAttention at head dim 64 and '
             f'the same B, T, H; fla 2-pass = chunk_gla + chunk_gla on the flipped sequence; '
-            f'floor = q, g, v read once + o written once at the copy bandwidth; max rel err = o, dq, dg, dv of '
+            f'floor = q, g, v read once + o written once at the copy bandwidth (g in its dtype); max rel err = o, '
+            f'dq, dg, dv of '
             f'the timed kernels (both modes) against the PyTorch path in fp32; ours = metala_attn(q, g, v, '
             f'check_gates=False), as the layers call it (the default check of g <= 0 syncs with the host)\n\n')
-    rows = run(args.shapes, args.widths, dtype, bandwidth, args.out, head, with_fla=not args.no_fla,
+    rows = run(args.shapes, args.widths, dtype, gate_dtype, bandwidth, args.out, head, with_fla=not args.no_fla,
                graphs=args.graphs)
     print(head + table(rows))
 
