@@ -1,0 +1,157 @@
+"""The image mixer's short convolution, a depthwise k x k convolution + SiLU over the patch grid, in one Triton
+kernel (and two for its backward):
+
+    y[b, i, j, c] = silu(z[b, i, j, c]),   z[b, i, j, c] = sum_{di, dj} w[c, di, dj] x[b, i + di - p, j + dj - p, c]
+
+with p = k // 2 and zeros outside the grid.  x: [B, gh * gw, C] tokens of a row-major grid (channels contiguous, any
+token and batch strides: a view of the tokens after a class token reads in place); w: [C, 1, k, k] (a depthwise
+nn.Conv2d's weight, read as [C, k * k]); y: [B, gh * gw, C] contiguous in x's dtype, accumulated in fp32.  Each
+program takes a block of tokens and of channels and reads its k^2 shifted copies (the neighbours come from the
+caches): x is read from memory about once and y written once.  The backward recomputes z: dz = dy silu'(z) (in dy's
+dtype) for dw (per-block partial sums in fp32, added in a fixed order) and dx, the convolution of dz with the
+mirrored taps.  metala_kernels.short_conv2d is the entry point; its PyTorch path is
+F.conv2d on the channels-last view, then SiLU.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from .dispatch import kernel_op
+
+BLOCK_TOKENS = 64
+NUM_WARPS = 4
+
+
+@triton.jit
+def _conv(x, w, n, live, c, live_c, gh, gw, XR, KS: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr,
+          MIRROR: tl.constexpr):
+    """sum over the k x k taps of w[c, tap] x[the token at tap's offset from n, c] (MIRROR: the opposite offset, as
+    the gradient of the input reads dz) for tokens n [BN] and channels c [BC] -> [BN, BC] in fp32."""
+    i, j = n // gw, n % gw
+    acc = tl.zeros([BN, BC], dtype=tl.float32)
+    for di in tl.static_range(KS):
+        for dj in tl.static_range(KS):
+            if MIRROR:
+                ii, jj = i - (di - KS // 2), j - (dj - KS // 2)
+            else:
+                ii, jj = i + (di - KS // 2), j + (dj - KS // 2)
+            inside = live & (ii >= 0) & (ii < gh) & (jj >= 0) & (jj < gw)
+            tap = tl.load(x + (ii * gw + jj)[:, None] * XR + c[None, :], mask=inside[:, None] & live_c[None, :],
+                          other=0.)
+            weight = tl.load(w + c * (KS * KS) + di * KS + dj, mask=live_c, other=0.)
+            acc += tap.to(tl.float32) * weight.to(tl.float32)[None, :]
+    return acc
+
+
+@triton.jit
+def _block(gh, gw, C, BN: tl.constexpr, BC: tl.constexpr):
+    """This program's tokens n [BN] and channels c [BC] of batch b, with their masks."""
+    n = tl.program_id(0) * BN + tl.arange(0, BN)
+    c = tl.program_id(1) * BC + tl.arange(0, BC)
+    return n, n < gh * gw, c, c < C, tl.program_id(2).to(tl.int64)
+
+
+@triton.jit
+def _dwconv_fwd_kernel(x, w, y, gh, gw, C, XB, XR, KS: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr):
+    """y = silu(z) for a block of tokens and channels; grid (token blocks, channel blocks, B)."""
+    n, live, c, live_c, b = _block(gh, gw, C, BN, BC)
+    z = _conv(x + b * XB, w, n, live, c, live_c, gh, gw, XR, KS, BN, BC, False)
+    out = y + b * gh * gw * C + n[:, None] * C + c[None, :]
+    tl.store(out, (z * tl.sigmoid(z)).to(y.dtype.element_ty), mask=live[:, None] & live_c[None, :])
+
+
+@triton.jit
+def _dwconv_dz_kernel(x, w, dy, dz, dw_part, gh, gw, C, XB, XR, KS: tl.constexpr, BN: tl.constexpr,
+                      BC: tl.constexpr):
+    """dz = dy silu'(z) (z recomputed) for a block, and its part of dw: dw_part[b, token block, tap, c] =
+    sum over the block's tokens of dz x[shifted by tap]."""
+    n, live, c, live_c, b = _block(gh, gw, C, BN, BC)
+    x += b * XB
+    z = _conv(x, w, n, live, c, live_c, gh, gw, XR, KS, BN, BC, False)
+    at = b * gh * gw * C + n[:, None] * C + c[None, :]
+    both = live[:, None] & live_c[None, :]
+    s = tl.sigmoid(z)
+    d = tl.load(dy + at, mask=both, other=0.).to(tl.float32) * s * (1 + z * (1 - s))
+    tl.store(dz + at, d.to(dz.dtype.element_ty), mask=both)
+    i, j = n // gw, n % gw
+    part = dw_part + ((b * tl.num_programs(0) + tl.program_id(0)) * KS * KS) * C + c
+    for di in tl.static_range(KS):
+        for dj in tl.static_range(KS):
+            ii, jj = i + (di - KS // 2), j + (dj - KS // 2)
+            inside = live & (ii >= 0) & (ii < gh) & (jj >= 0) & (jj < gw)
+            tap = tl.load(x + (ii * gw + jj)[:, None] * XR + c[None, :], mask=inside[:, None] & live_c[None, :],
+                          other=0.)
+            tl.store(part + (di * KS + dj) * C, tl.sum(d * tap.to(tl.float32), axis=0), mask=live_c)
+
+
+@triton.jit
+def _dwconv_dx_kernel(dz, w, dx, gh, gw, C, KS: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr):
+    """dx = the convolution of dz with the mirrored taps, for a block."""
+    n, live, c, live_c, b = _block(gh, gw, C, BN, BC)
+    at = b * gh * gw * C
+    d = _conv(dz + at, w, n, live, c, live_c, gh, gw, C, KS, BN, BC, True)
+    tl.store(dx + at + n[:, None] * C + c[None, :], d.to(dx.dtype.element_ty), mask=live[:, None] & live_c[None, :])
+
+
+def _grid(x, gh, gw):
+    B, _, C = x.shape
+    BC = min(64, triton.next_power_of_2(C))
+    return (triton.cdiv(gh * gw, BLOCK_TOKENS), triton.cdiv(C, BC), B), BC
+
+
+def _rows(x):
+    """x [B, N, C] with contiguous channels (a copy otherwise)."""
+    return x if x.stride(2) == 1 else x.contiguous()
+
+
+def _dwconv_fwd(x: torch.Tensor, w: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
+    x = _rows(x)
+    grid, BC = _grid(x, gh, gw)
+    y = x.new_empty(x.shape)
+    _dwconv_fwd_kernel[grid](x, w, y, gh, gw, x.shape[2], x.stride(0), x.stride(1), KS=_taps(w), BN=BLOCK_TOKENS,
+                             BC=BC, num_warps=NUM_WARPS)
+    return y
+
+
+def _dwconv_bwd(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, gh: int, gw: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> dx [B, N, C] (x's dtype), dw [C, 1, k, k] (w's dtype and strides)."""
+    x, dy = _rows(x), dy.contiguous()
+    grid, BC = _grid(x, gh, gw)
+    B, N, C = x.shape
+    dz, dx = dy.new_empty(x.shape), x.new_empty(x.shape)
+    dw_part = torch.empty(B, grid[0], w[0].numel(), C, dtype=torch.float32, device=x.device)
+    KS = _taps(w)
+    _dwconv_dz_kernel[grid](x, w, dy, dz, dw_part, gh, gw, C, x.stride(0), x.stride(1), KS=KS, BN=BLOCK_TOKENS,
+                            BC=BC, num_warps=NUM_WARPS)
+    _dwconv_dx_kernel[grid](dz, w, dx, gh, gw, C, KS=KS, BN=BLOCK_TOKENS, BC=BC, num_warps=NUM_WARPS)
+    dw = torch.empty_like(w)
+    dw.view(C, -1).copy_(dw_part.sum((0, 1)).t())
+    return dx, dw
+
+
+def _taps(w):
+    return w.shape[-1]
+
+
+def _dwconv_fwd_fake(x, w, gh, gw):
+    return x.new_empty(x.shape)
+
+
+def _dwconv_bwd_fake(x, w, dy, gh, gw):
+    return x.new_empty(x.shape), w.new_empty(w.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    x, w, ctx.gh, ctx.gw = inputs
+    ctx.save_for_backward(x, w)
+
+
+def _input_grads(ctx, dy, dwconv_bwd):
+    x, w = ctx.saved_tensors
+    dx, dw = dwconv_bwd(x, w, dy, ctx.gh, ctx.gw)
+    return dx, dw, None, None
+
+
+dwconv_silu = kernel_op('metala_kernels::dwconv_silu', _dwconv_fwd, _dwconv_bwd, _dwconv_fwd_fake, _dwconv_bwd_fake,
+                        _setup_context, _input_grads)
