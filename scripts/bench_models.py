@@ -25,6 +25,7 @@ from pathlib import Path
 import timm
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from timm.utils import ParseKwargs
 from torch.utils.flop_counter import FlopCounterMode
 
 import metala_vision  # noqa: F401  (registers the metala_vit models)
@@ -41,8 +42,9 @@ def batch_at(base, res):
     return max(4, min(base, int(base * (224 / res) ** 2) // 2 * 2))
 
 
-def create(name, res):
-    kwargs = dict(img_size=res) if name.startswith('deit') else {}
+def create(name, res, ours_kwargs=None):
+    """A model of a pair at res px; ours_kwargs go to ours (the metala_vit models) only, e.g. backend='triton'."""
+    kwargs = dict(img_size=res) if name.startswith('deit') else dict(ours_kwargs or {})
     return timm.create_model(name, num_classes=1000, **kwargs)
 
 
@@ -62,10 +64,10 @@ class Bench:
     other model of a pair may sit on the GPU meanwhile), with only that step's inputs allocated; none under CUDA
     graphs (see peak_gib).  seconds() times it."""
 
-    def __init__(self, name, res, device, batches=(INFER_BATCH, TRAIN_BATCH), compile_mode=None):
+    def __init__(self, name, res, device, batches=(INFER_BATCH, TRAIN_BATCH), compile_mode=None, ours_kwargs=None):
         base = torch.cuda.memory_allocated() if device == 'cuda' else 0
         self.device, self.compile_mode = device, compile_mode
-        self.model = create(name, res).to(device)
+        self.model = create(name, res, ours_kwargs).to(device)
         if compile_mode:
             self.model = torch.compile(self.model, mode=None if compile_mode == 'default' else compile_mode)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=device == 'cuda')
@@ -123,11 +125,12 @@ class Bench:
         return (torch.cuda.max_memory_allocated() - base) / 2 ** 30
 
 
-def measure_pair(names, res, iters, device, batches=(INFER_BATCH, TRAIN_BATCH), compile_mode=None):
+def measure_pair(names, res, iters, device, batches=(INFER_BATCH, TRAIN_BATCH), compile_mode=None,
+                 ours_kwargs=None):
     """Rows (img/s, peak GiB) of the models of a pair at res px.  Their timings take turns, TIMINGS rounds of iters
     steps each, inference rounds then training rounds, so that a slow stretch of the host or GPU lands on both models;
     img/s is the median over the rounds."""
-    benches = [Bench(name, res, device, batches, compile_mode) for name in names]
+    benches = [Bench(name, res, device, batches, compile_mode, ours_kwargs) for name in names]
     for kind in ('infer', 'train'):
         seconds = [[] for _ in benches]
         for _ in range(TIMINGS):
@@ -155,7 +158,9 @@ def write_markdown(result, path):
     lines = [f"# MetaLA-ViT vs DeiT: throughput and memory ({result['date']})", '',
              f"{result['device']}; torch {result['torch']}, triton {result['triton']}, timm {result['timm']}; "
              f"bf16 autocast; {compiled_as(result.get('compiled'))} for both; "
-             'fused AdamW for training. '
+             + (f"ours built with {', '.join(f'{k}={v!r}' for k, v in result['ours_kwargs'].items())}; "
+                if result.get('ours_kwargs') else '')
+             + 'fused AdamW for training. '
              f'The two models of a pair take turns, {TIMINGS} rounds of --iters steps each after {WARMUP_STEPS} '
              'warm-up steps; img/s is the median round. Peak memory of one step above what was allocated before the '
              'model was created (- where not measured: on the CPU and under CUDA graphs). '
@@ -214,6 +219,9 @@ def main():
     parser.add_argument('--compile', nargs='?', const='default', choices=COMPILE_MODES, default=None, metavar='MODE',
                         help="torch.compile both models of each pair, in a mode of %(choices)s ('reduce-overhead': "
                              'CUDA graphs, no host time between kernels)')
+    parser.add_argument('--ours-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='KEY=VALUE',
+                        help="create_model arguments for our models only, e.g. backend='triton' (the short conv's "
+                             'Triton kernels too)')
     parser.add_argument('--out', default='benchmarks/models.md', help='the table; .json and .png beside it')
     parser.add_argument('--plot-only', action='store_true', help='redraw models.png from models.json')
     parser.add_argument('--device', default='cuda', choices=['cuda', 'cpu'],
@@ -231,14 +239,15 @@ def main():
     device_name = torch.cuda.get_device_name() if args.device == 'cuda' else f'CPU ({os.cpu_count()} cores)'
     result = dict(device=device_name, torch=torch.__version__, triton=triton.__version__,
                   timm=timm.__version__, python=platform.python_version(), date=str(datetime.date.today()),
-                  resolutions=args.res, compiled=args.compile, rows=[],
+                  resolutions=args.res, compiled=args.compile, ours_kwargs=args.ours_kwargs, rows=[],
                   params={n: sum(p.numel() for p in create(n, 224).parameters()) / 1e6 for n in names},
                   gflops={n: gflops_at_224(n) for n in names})
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     for size in args.pairs:
         for res in args.res:
-            rows = measure_pair(PAIRS[size], res, args.iters, args.device, args.batch, args.compile)
+            rows = measure_pair(PAIRS[size], res, args.iters, args.device, args.batch, args.compile,
+                                args.ours_kwargs)
             if args.device == 'cuda':
                 torch.cuda.empty_cache()  # the models and their optimizers went with measure_pair()
             result['rows'] += rows

@@ -57,3 +57,17 @@ def test_gflops_count_deits_attention():
     linears = depth * T * 2 * 12 * D * D + 196 * 2 * 3 * 16 * 16 * D + 2 * D * 1000
     attention = depth * 2 * 2 * T * T * D
     assert abs(bench_models.gflops_at_224('deit_tiny_patch16_224') * 1e9 / (linears + attention) - 1) < 1e-3
+
+
+def test_ours_kwargs_reach_our_models_only(tmp_path):
+    """--ours-kwargs go to create_model for the metala_vit models (e.g. backend='triton': the short conv's kernels
+    too), not to DeiT, and the table says so."""
+    model = bench_models.create('metala_vit_t', 32, dict(backend='triton'))
+    assert {m.backend for m in model.modules() if hasattr(m, 'backend')} == {'triton'}
+    assert bench_models.create('deit_tiny_patch16_224', 32, dict(backend='triton')) is not None
+    out = tmp_path / 'models.md'
+    subprocess.run([sys.executable, str(SCRIPT), '--device', 'cpu', '--pairs', 't', '--res', '32', '--batch', '2',
+                    '2', '--iters', '1', '--ours-kwargs', 'self_aug=False', '--out', str(out)], check=True,
+                   capture_output=True)
+    assert 'ours built with self_aug=False;' in out.read_text()
+    assert json.loads(out.with_suffix('.json').read_text())['ours_kwargs'] == {'self_aug': False}
