@@ -18,8 +18,10 @@ import triton.language as tl
 
 from .dispatch import kernel_op
 
-BLOCK_TOKENS = 64
-NUM_WARPS = 4
+# A program's block: tokens, channels (at most), warps.  Untimed; at sm_90 (triton 3.6) 32 x 32 with 4 warps holds
+# 96 / 249 / 115 registers (forward / dz / dx) without spills, 64 x 64 spills in all three.
+# scripts/bench_short_conv.py --configs times others.
+LAUNCH = dict(tokens=32, channels=32, warps=4)
 
 
 @triton.jit
@@ -28,16 +30,16 @@ def _conv(x, w, n, live, c, live_c, gh, gw, XR, KS: tl.constexpr, BN: tl.constex
     """sum over the k x k taps of w[c, tap] x[the token at tap's offset from n, c] (MIRROR: the opposite offset, as
     the gradient of the input reads dz) for tokens n [BN] and channels c [BC] -> [BN, BC] in fp32."""
     i, j = n // gw, n % gw
+    at = x + n[:, None] * XR + c[None, :]  # the block's own tokens; a tap is a shift of them
     acc = tl.zeros([BN, BC], dtype=tl.float32)
     for di in tl.static_range(KS):
         for dj in tl.static_range(KS):
             if MIRROR:
-                ii, jj = i - (di - KS // 2), j - (dj - KS // 2)
+                si, sj = KS // 2 - di, KS // 2 - dj
             else:
-                ii, jj = i + (di - KS // 2), j + (dj - KS // 2)
-            inside = live & (ii >= 0) & (ii < gh) & (jj >= 0) & (jj < gw)
-            tap = tl.load(x + (ii * gw + jj)[:, None] * XR + c[None, :], mask=inside[:, None] & live_c[None, :],
-                          other=0.)
+                si, sj = di - KS // 2, dj - KS // 2
+            inside = live & (i + si >= 0) & (i + si < gh) & (j + sj >= 0) & (j + sj < gw)
+            tap = tl.load(at + (si * gw + sj) * XR, mask=inside[:, None] & live_c[None, :], other=0.)
             weight = tl.load(w + c * (KS * KS) + di * KS + dj, mask=live_c, other=0.)
             acc += tap.to(tl.float32) * weight.to(tl.float32)[None, :]
     return acc
@@ -74,13 +76,13 @@ def _dwconv_dz_kernel(x, w, dy, dz, dw_part, gh, gw, C, XB, XR, KS: tl.constexpr
     d = tl.load(dy + at, mask=both, other=0.).to(tl.float32) * s * (1 + z * (1 - s))
     tl.store(dz + at, d.to(dz.dtype.element_ty), mask=both)
     i, j = n // gw, n % gw
+    at = x + n[:, None] * XR + c[None, :]
     part = dw_part + ((b * tl.num_programs(0) + tl.program_id(0)) * KS * KS) * C + c
     for di in tl.static_range(KS):
         for dj in tl.static_range(KS):
-            ii, jj = i + (di - KS // 2), j + (dj - KS // 2)
-            inside = live & (ii >= 0) & (ii < gh) & (jj >= 0) & (jj < gw)
-            tap = tl.load(x + (ii * gw + jj)[:, None] * XR + c[None, :], mask=inside[:, None] & live_c[None, :],
-                          other=0.)
+            si, sj = di - KS // 2, dj - KS // 2
+            inside = live & (i + si >= 0) & (i + si < gh) & (j + sj >= 0) & (j + sj < gw)
+            tap = tl.load(at + (si * gw + sj) * XR, mask=inside[:, None] & live_c[None, :], other=0.)
             tl.store(part + (di * KS + dj) * C, tl.sum(d * tap.to(tl.float32), axis=0), mask=live_c)
 
 
@@ -93,10 +95,11 @@ def _dwconv_dx_kernel(dz, w, dx, gh, gw, C, KS: tl.constexpr, BN: tl.constexpr, 
     tl.store(dx + at + n[:, None] * C + c[None, :], d.to(dx.dtype.element_ty), mask=live[:, None] & live_c[None, :])
 
 
-def _grid(x, gh, gw):
+def _launch(x, gh, gw):
+    """grid (token blocks, channel blocks, B) and the blocks' constants."""
     B, _, C = x.shape
-    BC = min(64, triton.next_power_of_2(C))
-    return (triton.cdiv(gh * gw, BLOCK_TOKENS), triton.cdiv(C, BC), B), BC
+    BN, BC = LAUNCH['tokens'], min(LAUNCH['channels'], triton.next_power_of_2(C))
+    return (triton.cdiv(gh * gw, BN), triton.cdiv(C, BC), B), dict(BN=BN, BC=BC, num_warps=LAUNCH['warps'])
 
 
 def _rows(x):
@@ -106,10 +109,9 @@ def _rows(x):
 
 def _dwconv_fwd(x: torch.Tensor, w: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
     x = _rows(x)
-    grid, BC = _grid(x, gh, gw)
+    grid, blocks = _launch(x, gh, gw)
     y = x.new_empty(x.shape)
-    _dwconv_fwd_kernel[grid](x, w, y, gh, gw, x.shape[2], x.stride(0), x.stride(1), KS=_taps(w), BN=BLOCK_TOKENS,
-                             BC=BC, num_warps=NUM_WARPS)
+    _dwconv_fwd_kernel[grid](x, w, y, gh, gw, x.shape[2], x.stride(0), x.stride(1), KS=_taps(w), **blocks)
     return y
 
 
@@ -117,14 +119,13 @@ def _dwconv_bwd(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, gh: int, gw:
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """-> dx [B, N, C] (x's dtype), dw [C, 1, k, k] (w's dtype and strides)."""
     x, dy = _rows(x), dy.contiguous()
-    grid, BC = _grid(x, gh, gw)
+    grid, blocks = _launch(x, gh, gw)
     B, N, C = x.shape
     dz, dx = dy.new_empty(x.shape), x.new_empty(x.shape)
     dw_part = torch.empty(B, grid[0], w[0].numel(), C, dtype=torch.float32, device=x.device)
     KS = _taps(w)
-    _dwconv_dz_kernel[grid](x, w, dy, dz, dw_part, gh, gw, C, x.stride(0), x.stride(1), KS=KS, BN=BLOCK_TOKENS,
-                            BC=BC, num_warps=NUM_WARPS)
-    _dwconv_dx_kernel[grid](dz, w, dx, gh, gw, C, KS=KS, BN=BLOCK_TOKENS, BC=BC, num_warps=NUM_WARPS)
+    _dwconv_dz_kernel[grid](x, w, dy, dz, dw_part, gh, gw, C, x.stride(0), x.stride(1), KS=KS, **blocks)
+    _dwconv_dx_kernel[grid](dz, w, dx, gh, gw, C, KS=KS, **blocks)
     dw = torch.empty_like(w)
     dw.view(C, -1).copy_(dw_part.sum((0, 1)).t())
     return dx, dw

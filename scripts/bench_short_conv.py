@@ -2,11 +2,11 @@
 Triton kernels against its PyTorch path (cuDNN's depthwise convolution on the channels-last view, then SiLU), side
 by side, forward and forward + backward, bf16, at the token grids of the MetaLA-ViT models.
 
-    python scripts/bench_short_conv.py [--cases B:GH:GW:C ...] [--blocks 32 64 128] [--graphs] [--out FILE]
+    python scripts/bench_short_conv.py [--cases B:GH:GW:C ...] [--configs 32:32:4 64:64:8] [--graphs] [--out FILE]
 
 cuDNN runs with torch.backends.cudnn.benchmark off (its heuristics: how the models run it) and on (the fastest of
-its algorithms for the shape).  --blocks times the kernels at each of these tokens a program
-(metala_kernels.dwconv.BLOCK_TOKENS).  --graphs replays every call from a CUDA graph (the GPU's time alone).  Each
+its algorithms for the shape).  --configs times the kernels at each of these launches, tokens:channels:warps a
+program (metala_kernels.dwconv.LAUNCH).  --graphs replays every call from a CUDA graph (the GPU's time alone).  Each
 row gives the forward's bytes (x read, y written) over its time, and each kernel row its largest error (y, dx, dw)
 against the PyTorch path in fp32.  --device cpu runs fp32 under Triton's interpreter: a check of the script, not a
 timing.
@@ -34,7 +34,7 @@ def milliseconds(fn, grads, device, graphs):
     return statistics.median(runs)
 
 
-def time_case(case, blocks, device, graphs):
+def time_case(case, configs, device, graphs):
     """[(implementation, fwd ms, fwd+bwd ms, error or None)] for case B:GH:GW:C."""
     import torch
     from metala_kernels import dwconv, short_conv2d
@@ -57,9 +57,9 @@ def time_case(case, blocks, device, graphs):
         torch.backends.cudnn.benchmark = benchmark
         rows.append((f"PyTorch (cuDNN{', benchmark' if benchmark else ''})", *timed('torch'), None))
     torch.backends.cudnn.benchmark = False
-    for block in blocks:
-        dwconv.BLOCK_TOKENS = block
-        rows.append((f'Triton, {block} tokens a program', *timed('triton'), max_error(x, w, dy, (gh, gw))))
+    for config in configs:
+        dwconv.LAUNCH = dict(zip(('tokens', 'channels', 'warps'), map(int, config.split(':'))))
+        rows.append((f'Triton, {config}', *timed('triton'), max_error(x, w, dy, (gh, gw))))
     return rows
 
 
@@ -95,7 +95,8 @@ def table(results, bytes_per_value):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--cases', nargs='+', default=CASES, metavar='B:GH:GW:C')
-    parser.add_argument('--blocks', nargs='+', type=int, default=[64], help='tokens a program of the kernels')
+    parser.add_argument('--configs', nargs='+', default=None, metavar='TOKENS:CHANNELS:WARPS',
+                        help="the kernels' launches to time (default: metala_kernels.dwconv.LAUNCH's)")
     parser.add_argument('--device', default='cuda', choices=['cuda', 'cpu'])
     parser.add_argument('--graphs', action='store_true', help='replay the calls from CUDA graphs (GPU time alone)')
     parser.add_argument('--out', help='also write the table here')
@@ -103,15 +104,20 @@ def main():
     for case in args.cases:
         if len(case.split(':')) != 4 or not all(p.isdigit() for p in case.split(':')):
             parser.error(f'--cases: {case!r} is not B:GH:GW:C')
+    for config in args.configs or []:
+        if len(config.split(':')) != 3 or not all(p.isdigit() for p in config.split(':')):
+            parser.error(f'--configs: {config!r} is not TOKENS:CHANNELS:WARPS')
     if args.graphs and args.device != 'cuda':
         parser.error('--graphs needs --device cuda')
     if args.device == 'cpu':
         os.environ['TRITON_INTERPRET'] = '1'  # before triton is imported
     import torch
     import triton
+    from metala_kernels import dwconv
+    configs = args.configs or [':'.join(str(dwconv.LAUNCH[k]) for k in ('tokens', 'channels', 'warps'))]
     results = {}
     for case in args.cases:
-        results[case] = time_case(case, args.blocks, args.device, args.graphs)
+        results[case] = time_case(case, configs, args.device, args.graphs)
         print(table({case: results[case]}, 2 if args.device == 'cuda' else 4), flush=True)
     device = torch.cuda.get_device_name() if args.device == 'cuda' else 'CPU (interpreter: not a timing)'
     text = (f'{device}; torch {torch.__version__}, triton {triton.__version__}; '

@@ -20,7 +20,7 @@ from triton import knobs  # noqa: E402
 from triton.backends.nvidia.compiler import get_ptxas  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from metala_kernels import chunk  # noqa: E402
+from metala_kernels import chunk, dwconv  # noqa: E402
 
 
 def pointers(names, states='*bf16'):
@@ -57,16 +57,21 @@ KERNELS = [  # (name, kernel, pointer args and types, constexpr variant, launche
         ('backward', chunk._metala_bwd_kernel,
          pointers(('q', 'g', 'gb', 'v', 'do', 'dq', 'dg', 'dgb', 'dv', 'states', 'slow')),
          launches(chunk.BWD_CONFIGS)))
-    for recompute, paths in ((False, 'fast'), (False, 'slow'), (True, 'both')) for bidir in (True, False)]
+    for recompute, paths in ((False, 'fast'), (False, 'slow'), (True, 'both')) for bidir in (True, False)] + [
+    # the image mixer's short convolution (3 x 3 taps, fp32 weight), at its launch
+    (f'short conv, {name}', kernel, {n: '*fp32' if n in ('w', 'dw_part') else '*bf16' for n in names},
+     dict(KS=3, BN=dwconv.LAUNCH['tokens'], BC=dwconv.LAUNCH['channels']), [(dwconv.LAUNCH['warps'], None)])
+    for name, kernel, names in (('forward', dwconv._dwconv_fwd_kernel, ('x', 'w', 'y')),
+                                ('dz and dw', dwconv._dwconv_dz_kernel, ('x', 'w', 'dy', 'dz', 'dw_part')),
+                                ('dx', dwconv._dwconv_dx_kernel, ('dz', 'w', 'dx')))]
 
 
 def resources(kernel, pointer_types, constexprs, num_warps, arch, maxnreg=None):
     """(registers per thread, spill store bytes, shared memory bytes, SASS instructions) of one compiled variant
     (maxnreg: a cap on its registers, as a config's)."""
-    signature = dict(pointer_types)
-    signature.update({name: 'fp32' if name == 'scale' else 'i32' for name in ('T', 'NT', 'scale', 'BH_STRIDE')
-                      if name in kernel.arg_names})
-    signature.update({name: 'constexpr' for name in constexprs})
+    # in the kernel's argument order; the arguments neither pointers nor constexprs are its scalars (T, NT, strides)
+    signature = {name: pointer_types.get(name) or ('constexpr' if name in constexprs else
+                                                   'fp32' if name == 'scale' else 'i32') for name in kernel.arg_names}
     compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs),
                               target=GPUTarget('cuda', arch, 32),
                               options=dict(num_warps=num_warps, num_stages=1, maxnreg=maxnreg))
