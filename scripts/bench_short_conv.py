@@ -13,25 +13,10 @@ timing.
 """
 import argparse
 import os
-import statistics
-import time
+
+from ab_kernels import milliseconds
 
 CASES = ['256:14:14:384', '128:14:14:384', '128:14:14:192', '64:14:14:768', '12:64:64:384']
-
-
-def milliseconds(fn, grads, device, graphs):
-    import triton.testing
-    fn()  # cuDNN's benchmark and the kernels' compile, outside any graph
-    if graphs:
-        return triton.testing.do_bench_cudagraph(fn, rep=200, grad_to_none=grads, return_mode='median')
-    if device == 'cuda':
-        return triton.testing.do_bench(fn, warmup=25, rep=200, grad_to_none=grads, return_mode='median')
-    runs = []
-    for _ in range(3):
-        start = time.perf_counter()
-        fn()
-        runs.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(runs)
 
 
 def time_case(case, configs, device, graphs):
@@ -49,8 +34,8 @@ def time_case(case, configs, device, graphs):
     def timed(backend):
         fwd = lambda: short_conv2d(x, w, (gh, gw), backend=backend)  # noqa: E731
         with torch.no_grad():
-            forward = milliseconds(fwd, [], device, graphs)
-        return forward, milliseconds(lambda: fwd().backward(dy), [x, w], device, graphs)
+            forward = milliseconds(fwd, device, graphs)
+        return forward, milliseconds(lambda: fwd().backward(dy), device, graphs, grads=(x, w))
 
     rows = []
     for benchmark in (False, True):
