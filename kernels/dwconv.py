@@ -7,10 +7,10 @@ with p = k // 2 and zeros outside the grid.  x: [B, gh * gw, C] tokens of a row-
 token and batch strides: a view of the tokens after a class token reads in place); w: [C, 1, k, k] (a depthwise
 nn.Conv2d's weight, read as [C, k * k]); y: [B, gh * gw, C] contiguous in x's dtype, accumulated in fp32.  Each
 program takes a block of tokens and of channels and reads its k^2 shifted copies (the neighbours come from the
-caches): x is read from memory about once and y written once.  The backward recomputes z: dz = dy silu'(z) (in dy's
-dtype) for dw (per-block partial sums in fp32, added in a fixed order) and dx, the convolution of dz with the
-mirrored taps.  metala_kernels.short_conv2d is the entry point; its PyTorch path is
-F.conv2d on the channels-last view, then SiLU.
+caches): x is read from memory about once and y written once.  The backward recomputes z for dz = dy silu'(z) (in
+dy's dtype), then reads dz's mirrored taps once for both dx (their convolution with w) and dw (their products with
+the block's own x, summed per block in fp32 and over the blocks in a fixed order).  metala_kernels.short_conv2d is
+the entry point; its PyTorch path is F.conv2d on the channels-last view, then SiLU.
 """
 import torch
 import triton
@@ -19,7 +19,7 @@ import triton.language as tl
 from .dispatch import kernel_op
 
 # A program's block: tokens, channels (at most), warps.  Untimed; at sm_90 (triton 3.6) 32 x 32 with 4 warps holds
-# 96 / 249 / 115 registers (forward / dz / dx) without spills, 64 x 64 spills in all three.
+# 96 / 109 / 158 registers (forward / dz / dx and dw) without spills; 64 x 64 spilled.
 # scripts/bench_short_conv.py --configs times others.
 LAUNCH = dict(tokens=32, channels=32, warps=4)
 
@@ -63,36 +63,37 @@ def _dwconv_fwd_kernel(x, w, y, gh, gw, C, XB, XR, KS: tl.constexpr, BN: tl.cons
 
 
 @triton.jit
-def _dwconv_dz_kernel(x, w, dy, dz, dw_part, gh, gw, C, XB, XR, KS: tl.constexpr, BN: tl.constexpr,
-                      BC: tl.constexpr):
-    """dz = dy silu'(z) (z recomputed) for a block, and its part of dw: dw_part[b, token block, tap, c] =
-    sum over the block's tokens of dz x[shifted by tap]."""
+def _dwconv_dz_kernel(x, w, dy, dz, gh, gw, C, XB, XR, KS: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr):
+    """dz = dy silu'(z) (z recomputed) for a block."""
     n, live, c, live_c, b = _block(gh, gw, C, BN, BC)
-    x += b * XB
-    z = _conv(x, w, n, live, c, live_c, gh, gw, XR, KS, BN, BC, False)
+    z = _conv(x + b * XB, w, n, live, c, live_c, gh, gw, XR, KS, BN, BC, False)
     at = b * gh * gw * C + n[:, None] * C + c[None, :]
     both = live[:, None] & live_c[None, :]
     s = tl.sigmoid(z)
     d = tl.load(dy + at, mask=both, other=0.).to(tl.float32) * s * (1 + z * (1 - s))
     tl.store(dz + at, d.to(dz.dtype.element_ty), mask=both)
-    i, j = n // gw, n % gw
-    at = x + n[:, None] * XR + c[None, :]
-    part = dw_part + ((b * tl.num_programs(0) + tl.program_id(0)) * KS * KS) * C + c
-    for di in tl.static_range(KS):
-        for dj in tl.static_range(KS):
-            si, sj = di - KS // 2, dj - KS // 2
-            inside = live & (i + si >= 0) & (i + si < gh) & (j + sj >= 0) & (j + sj < gw)
-            tap = tl.load(at + (si * gw + sj) * XR, mask=inside[:, None] & live_c[None, :], other=0.)
-            tl.store(part + (di * KS + dj) * C, tl.sum(d * tap.to(tl.float32), axis=0), mask=live_c)
 
 
 @triton.jit
-def _dwconv_dx_kernel(dz, w, dx, gh, gw, C, KS: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr):
-    """dx = the convolution of dz with the mirrored taps, for a block."""
+def _dwconv_dx_kernel(x, dz, w, dx, dw_part, gh, gw, C, XB, XR, KS: tl.constexpr, BN: tl.constexpr,
+                      BC: tl.constexpr):
+    """dx = the convolution of dz with the mirrored taps for a block, and its part of dw: dw_part[b, token block,
+    tap, c] = the sum over the block's tokens n of x[n] dz[n - tap's offset]."""
     n, live, c, live_c, b = _block(gh, gw, C, BN, BC)
-    at = b * gh * gw * C
-    d = _conv(dz + at, w, n, live, c, live_c, gh, gw, C, KS, BN, BC, True)
-    tl.store(dx + at + n[:, None] * C + c[None, :], d.to(dx.dtype.element_ty), mask=live[:, None] & live_c[None, :])
+    both = live[:, None] & live_c[None, :]
+    xn = tl.load(x + b * XB + n[:, None] * XR + c[None, :], mask=both, other=0.).to(tl.float32)
+    i, j = n // gw, n % gw
+    at = dz + b * gh * gw * C + n[:, None] * C + c[None, :]
+    part = dw_part + ((b * tl.num_programs(0) + tl.program_id(0)) * KS * KS) * C + c
+    acc = tl.zeros([BN, BC], dtype=tl.float32)
+    for di in tl.static_range(KS):
+        for dj in tl.static_range(KS):
+            si, sj = KS // 2 - di, KS // 2 - dj
+            inside = live & (i + si >= 0) & (i + si < gh) & (j + sj >= 0) & (j + sj < gw)
+            tap = tl.load(at + (si * gw + sj) * C, mask=inside[:, None] & live_c[None, :], other=0.).to(tl.float32)
+            acc += tap * tl.load(w + c * (KS * KS) + di * KS + dj, mask=live_c, other=0.).to(tl.float32)[None, :]
+            tl.store(part + (di * KS + dj) * C, tl.sum(tap * xn, axis=0), mask=live_c)
+    tl.store(dx + b * gh * gw * C + n[:, None] * C + c[None, :], acc.to(dx.dtype.element_ty), mask=both)
 
 
 def _launch(x, gh, gw):
@@ -124,8 +125,8 @@ def _dwconv_bwd(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, gh: int, gw:
     dz, dx = dy.new_empty(x.shape), x.new_empty(x.shape)
     dw_part = torch.empty(B, grid[0], w[0].numel(), C, dtype=torch.float32, device=x.device)
     KS = _taps(w)
-    _dwconv_dz_kernel[grid](x, w, dy, dz, dw_part, gh, gw, C, x.stride(0), x.stride(1), KS=KS, **blocks)
-    _dwconv_dx_kernel[grid](dz, w, dx, gh, gw, C, KS=KS, **blocks)
+    _dwconv_dz_kernel[grid](x, w, dy, dz, gh, gw, C, x.stride(0), x.stride(1), KS=KS, **blocks)
+    _dwconv_dx_kernel[grid](x, dz, w, dx, dw_part, gh, gw, C, x.stride(0), x.stride(1), KS=KS, **blocks)
     dw = torch.empty_like(w)
     dw.view(C, -1).copy_(dw_part.sum((0, 1)).t())
     return dx, dw

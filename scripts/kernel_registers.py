@@ -62,8 +62,8 @@ KERNELS = [  # (name, kernel, pointer args and types, constexpr variant, launche
     (f'short conv, {name}', kernel, {n: '*fp32' if n in ('w', 'dw_part') else '*bf16' for n in names},
      dict(KS=3, BN=dwconv.LAUNCH['tokens'], BC=dwconv.LAUNCH['channels']), [(dwconv.LAUNCH['warps'], None)])
     for name, kernel, names in (('forward', dwconv._dwconv_fwd_kernel, ('x', 'w', 'y')),
-                                ('dz and dw', dwconv._dwconv_dz_kernel, ('x', 'w', 'dy', 'dz', 'dw_part')),
-                                ('dx', dwconv._dwconv_dx_kernel, ('dz', 'w', 'dx')))]
+                                ('dz', dwconv._dwconv_dz_kernel, ('x', 'w', 'dy', 'dz')),
+                                ('dx and dw', dwconv._dwconv_dx_kernel, ('x', 'dz', 'w', 'dx', 'dw_part')))]
 
 
 def resources(kernel, pointer_types, constexprs, num_warps, arch, maxnreg=None):
