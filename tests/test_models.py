@@ -11,6 +11,7 @@ from timm.optim import create_optimizer_v2
 
 import metala_vision  # noqa: F401  (registers the models)
 from metala_vision.layers import MetaLAMixer, ShortConv
+from test_ops import NEEDS_TRITON
 
 MODELS = timm.list_models('metala_vit_*')
 TINY = dict(depth=2)  # keeps CPU tests quick where the depth does not matter
@@ -195,12 +196,20 @@ def test_pretrained_from_our_own_files(tmp_path, monkeypatch):
     torch.testing.assert_close(bigger.blocks[1].attn.in_proj.weight, model.blocks[1].attn.in_proj.weight)
 
 
-def test_torch_compile_has_no_graph_break():
-    model = timm.create_model('metala_vit_t_p4_32', **TINY).eval()
+@pytest.mark.parametrize('backend', ['auto', pytest.param('triton', marks=NEEDS_TRITON)])
+def test_torch_compile_has_no_graph_break(backend):
+    """One graph, forward and backward; with backend='triton' the operator, the readout and the short conv are
+    custom ops in it."""
+    model = timm.create_model('metala_vit_t_p4_32', backend=backend, **TINY)
     x = torch.randn(2, 3, 32, 32)
     compiled = torch.compile(model, backend='aot_eager', fullgraph=True)
-    with torch.no_grad():
-        torch.testing.assert_close(compiled(x), model(x))
+    torch.testing.assert_close(compiled(x), model(x))
+    compiled(x).square().mean().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model(x).square().mean().backward()
+    for grad, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(grad, p.grad)
 
 
 def test_torch_jit_trace():
