@@ -656,25 +656,32 @@ def _fill_states(states, slow, q, g, gb, v, do, T, scale, bidir, shapes):
             CHUNKS=COMBINE_CHUNKS, num_warps=4)
 
 
-def _chunk_fwd(q: torch.Tensor, g: torch.Tensor, gb: torch.Tensor, v: torch.Tensor, scale: float, causal: bool,
-               sep: bool) -> torch.Tensor:
-    """q, g, gb: [B, T, H, K]; v: [B, T, H, V] (g, gb contiguous, gb is g unless sep; q, v in token rows, see
-    token_rows) -> o: [B, T, H, V], contiguous."""
+def _step1(q, g, gb, v, do, scale, causal):
+    """What step 2 of a forward (do None) or a backward reads: the states of step 1 (none when step 2 recomputes
+    them), its list of slow chunks, its launches [(grid, paths)] and its kernels' constants."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     BT = _chunk_len(T, K, V)
     NT = triton.cdiv(T, BT)
-    o = v.new_empty(v.shape)
     recompute = _recompute_states(NT, B * H, v.device)
     shapes = dict(H=H, K=K, V=V, BT=BT, PREC=_precision(v))
-    # S, R entering each chunk
-    states = _empty_states(v, (0 if recompute else B * H, 1 if causal else 2, NT, K, V), _states_dtype(v, NT, B * H))
+    # S (and R), entering each chunk; with do also dS (and dR)
+    dirs = (1 if causal else 2) * (1 if do is None else 2)
+    states = _empty_states(v, (0 if recompute else B * H, dirs, NT, K, V), _states_dtype(v, NT, B * H))
     launches, slow = _step2_launches(NT, B * H, recompute, v.device)
     if not recompute:
-        _fill_states(states, slow, q, g, gb, v, None, T, scale, not causal, shapes)
+        _fill_states(states, slow, q, g, gb, v, do, T, scale, not causal, shapes)
+    return states, slow, launches, dict(shapes, BIDIR=not causal, RECOMPUTE=recompute, QS=q.stride(1), VS=v.stride(1))
+
+
+def _chunk_fwd(q: torch.Tensor, g: torch.Tensor, gb: torch.Tensor, v: torch.Tensor, scale: float, causal: bool,
+               sep: bool) -> torch.Tensor:
+    """q, g, gb: [B, T, H, K]; v: [B, T, H, V] (g, gb contiguous, gb is g unless sep; q, v in token rows, see
+    token_rows) -> o: [B, T, H, V], contiguous."""
+    o = v.new_empty(v.shape)
+    states, slow, launches, consts = _step1(q, g, gb, v, None, scale, causal)
     for grid, paths in launches:
-        _out(grid, q, g, gb, v, o, states, slow, T, scale, BIDIR=not causal, SEP_GB=sep, RECOMPUTE=recompute,
-             QS=q.stride(1), VS=v.stride(1), PATHS=paths, **shapes)
+        _out(grid, q, g, gb, v, o, states, slow, q.shape[1], scale, SEP_GB=sep, PATHS=paths, **consts)
     return o
 
 
@@ -682,22 +689,13 @@ def _chunk_bwd(q: torch.Tensor, g: torch.Tensor, gb: torch.Tensor, v: torch.Tens
                causal: bool, sep: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> dq, dg, dgb, dv in the dtypes of q, g, gb, v (dgb is empty [0] unless sep; without sep both scans' gate
     grads go to dg).  Each program computes its chunk's gradients whole in fp32 and stores them once."""
-    B, T, H, K = q.shape
-    V = v.shape[-1]
     dq, dg, dv = q.new_empty(q.shape), g.new_empty(g.shape), v.new_empty(v.shape)  # contiguous
     dgb = gb.new_empty(gb.shape) if sep else g.new_empty(0)
     do = do.contiguous()
-    BT = _chunk_len(T, K, V)
-    NT = triton.cdiv(T, BT)
-    recompute = _recompute_states(NT, B * H, v.device)
-    shapes = dict(H=H, K=K, V=V, BT=BT, PREC=_precision(v))
-    states = _empty_states(v, (0 if recompute else B * H, 2 if causal else 4, NT, K, V), _states_dtype(v, NT, B * H))
-    launches, slow = _step2_launches(NT, B * H, recompute, v.device)
-    if not recompute:
-        _fill_states(states, slow, q, g, gb, v, do, T, scale, not causal, shapes)
+    states, slow, launches, consts = _step1(q, g, gb, v, do, scale, causal)
     for grid, paths in launches:
-        _bwd(grid, q, g, gb, v, do, dq, dg, dgb if sep else dg, dv, states, slow, T, scale, BIDIR=not causal,
-             SEP_GB=sep, RECOMPUTE=recompute, QS=q.stride(1), VS=v.stride(1), PATHS=paths, **shapes)
+        _bwd(grid, q, g, gb, v, do, dq, dg, dgb if sep else dg, dv, states, slow, q.shape[1], scale, SEP_GB=sep,
+             PATHS=paths, **consts)
     return dq, dg, dgb, dv
 
 
