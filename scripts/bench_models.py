@@ -160,7 +160,7 @@ def write_markdown(result, path):
              f"bf16 autocast; {compiled_as(result.get('compiled'))} for both; "
              + (f"ours built with {', '.join(f'{k}={v!r}' for k, v in result['ours_kwargs'].items())}; "
                 if result.get('ours_kwargs') else '')
-             + 'fused AdamW for training. '
+             + 'cudnn.benchmark on; fused AdamW for training. '
              f'The two models of a pair take turns, {TIMINGS} rounds of --iters steps each after {WARMUP_STEPS} '
              'warm-up steps; img/s is the median round. Peak memory of one step above what was allocated before the '
              'model was created (- where not measured: on the CPU and under CUDA graphs). '
@@ -244,6 +244,7 @@ def main():
                   gflops={n: gflops_at_224(n) for n in names})
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True  # as timm's benchmark.py: the fastest algorithm of each convolution
     for size in args.pairs:
         for res in args.res:
             rows = measure_pair(PAIRS[size], res, args.iters, args.device, args.batch, args.compile,

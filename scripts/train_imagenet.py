@@ -271,6 +271,7 @@ def train(cfg, classes, checkpoints, resume_from, cpu=False) -> int:
         cpu=cpu, mixed_precision=cfg['mixed_precision'], gradient_accumulation_steps=cfg['grad_accum_steps'],
         log_with=cfg['log_with'], project_config=ProjectConfiguration(project_dir=str(output),
                                                                       logging_dir=str(output / 'trackers')))
+    torch.backends.cudnn.benchmark = accelerator.device.type == 'cuda'  # as timm's train.py: fixed image shapes
     if cfg['model_ema'] and accelerator.distributed_type == DistributedType.FSDP:
         raise UsageError('model_ema is not supported with FSDP (the EMA copy would be unsharded); use DDP')
     check_compile_launch(cfg, accelerator)
