@@ -154,4 +154,4 @@ def short_conv2d(x, weight, grid_size, backend='auto'):
         raise ValueError(f'x and weight must be one of {FLOAT_DTYPES} for the Triton kernels, got x {x.dtype}, '
                          f'weight {weight.dtype}')
     from .dwconv import dwconv_silu
-    return dwconv_silu(x, weight if weight.is_contiguous() else weight.contiguous(), gh, gw)
+    return dwconv_silu(x, weight.contiguous(), gh, gw)

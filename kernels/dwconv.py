@@ -25,23 +25,25 @@ LAUNCH = dict(tokens=32, channels=32, warps=4)
 
 
 @triton.jit
-def _conv(x, w, n, live, c, live_c, gh, gw, XR, KS: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr,
-          MIRROR: tl.constexpr):
-    """sum over the k x k taps of w[c, tap] x[the token at tap's offset from n, c] (MIRROR: the opposite offset, as
-    the gradient of the input reads dz) for tokens n [BN] and channels c [BC] -> [BN, BC] in fp32."""
+def _tap(at, w, i, j, live, c, live_c, gh, gw, RS, si, sj, di, dj, KS: tl.constexpr):
+    """Tap (di, dj) for tokens at grid (i, j) [BN], channels c [BC]: the tokens shifted by (si, sj) from `at` (their
+    pointers [BN, BC], rows RS apart; zeros outside the grid) in fp32 [BN, BC], and w[c, di, dj] in fp32 [BC]."""
+    inside = live & (i + si >= 0) & (i + si < gh) & (j + sj >= 0) & (j + sj < gw)
+    tap = tl.load(at + (si * gw + sj) * RS, mask=inside[:, None] & live_c[None, :], other=0.).to(tl.float32)
+    return tap, tl.load(w + c * (KS * KS) + di * KS + dj, mask=live_c, other=0.).to(tl.float32)
+
+
+@triton.jit
+def _conv(x, w, n, live, c, live_c, gh, gw, XR, KS: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr):
+    """sum over the k x k taps of w[c, tap] x[the token at tap's offset from n, c] for tokens n [BN] and channels
+    c [BC] -> [BN, BC] in fp32."""
     i, j = n // gw, n % gw
     at = x + n[:, None] * XR + c[None, :]  # the block's own tokens; a tap is a shift of them
     acc = tl.zeros([BN, BC], dtype=tl.float32)
     for di in tl.static_range(KS):
         for dj in tl.static_range(KS):
-            if MIRROR:
-                si, sj = KS // 2 - di, KS // 2 - dj
-            else:
-                si, sj = di - KS // 2, dj - KS // 2
-            inside = live & (i + si >= 0) & (i + si < gh) & (j + sj >= 0) & (j + sj < gw)
-            tap = tl.load(at + (si * gw + sj) * XR, mask=inside[:, None] & live_c[None, :], other=0.)
-            weight = tl.load(w + c * (KS * KS) + di * KS + dj, mask=live_c, other=0.)
-            acc += tap.to(tl.float32) * weight.to(tl.float32)[None, :]
+            tap, weight = _tap(at, w, i, j, live, c, live_c, gh, gw, XR, di - KS // 2, dj - KS // 2, di, dj, KS)
+            acc += tap * weight[None, :]
     return acc
 
 
@@ -57,7 +59,7 @@ def _block(gh, gw, C, BN: tl.constexpr, BC: tl.constexpr):
 def _dwconv_fwd_kernel(x, w, y, gh, gw, C, XB, XR, KS: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr):
     """y = silu(z) for a block of tokens and channels; grid (token blocks, channel blocks, B)."""
     n, live, c, live_c, b = _block(gh, gw, C, BN, BC)
-    z = _conv(x + b * XB, w, n, live, c, live_c, gh, gw, XR, KS, BN, BC, False)
+    z = _conv(x + b * XB, w, n, live, c, live_c, gh, gw, XR, KS, BN, BC)
     out = y + b * gh * gw * C + n[:, None] * C + c[None, :]
     tl.store(out, (z * tl.sigmoid(z)).to(y.dtype.element_ty), mask=live[:, None] & live_c[None, :])
 
@@ -66,7 +68,7 @@ def _dwconv_fwd_kernel(x, w, y, gh, gw, C, XB, XR, KS: tl.constexpr, BN: tl.cons
 def _dwconv_dz_kernel(x, w, dy, dz, gh, gw, C, XB, XR, KS: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr):
     """dz = dy silu'(z) (z recomputed) for a block."""
     n, live, c, live_c, b = _block(gh, gw, C, BN, BC)
-    z = _conv(x + b * XB, w, n, live, c, live_c, gh, gw, XR, KS, BN, BC, False)
+    z = _conv(x + b * XB, w, n, live, c, live_c, gh, gw, XR, KS, BN, BC)
     at = b * gh * gw * C + n[:, None] * C + c[None, :]
     both = live[:, None] & live_c[None, :]
     s = tl.sigmoid(z)
@@ -87,11 +89,9 @@ def _dwconv_dx_kernel(x, dz, w, dx, dw_part, gh, gw, C, XB, XR, KS: tl.constexpr
     part = dw_part + ((b * tl.num_programs(0) + tl.program_id(0)) * KS * KS) * C + c
     acc = tl.zeros([BN, BC], dtype=tl.float32)
     for di in tl.static_range(KS):
-        for dj in tl.static_range(KS):
-            si, sj = KS // 2 - di, KS // 2 - dj
-            inside = live & (i + si >= 0) & (i + si < gh) & (j + sj >= 0) & (j + sj < gw)
-            tap = tl.load(at + (si * gw + sj) * C, mask=inside[:, None] & live_c[None, :], other=0.).to(tl.float32)
-            acc += tap * tl.load(w + c * (KS * KS) + di * KS + dj, mask=live_c, other=0.).to(tl.float32)[None, :]
+        for dj in tl.static_range(KS):  # dz at the mirrored offset
+            tap, weight = _tap(at, w, i, j, live, c, live_c, gh, gw, C, KS // 2 - di, KS // 2 - dj, di, dj, KS)
+            acc += tap * weight[None, :]
             tl.store(part + (di * KS + dj) * C, tl.sum(tap * xn, axis=0), mask=live_c)
     tl.store(dx + b * gh * gw * C + n[:, None] * C + c[None, :], acc.to(dx.dtype.element_ty), mask=both)
 
