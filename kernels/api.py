@@ -1,7 +1,6 @@
 """metala_attn: the one entry point.  Checks its inputs, then runs the Triton kernels on CUDA tensors and the
-chunked PyTorch path elsewhere.  metala_readout and short_conv2d: the layers around it, likewise."""
+chunked PyTorch path elsewhere."""
 import torch
-import torch.nn.functional as F
 
 from .chunk_torch import chunk_metala_torch, readout_torch, self_augmentation
 
@@ -121,37 +120,3 @@ def metala_readout(o, q, g, v, gate, aug_weight=None, eps=1e-5, backend='auto'):
     has_aug = aug_weight is not None
     w = aug_weight if has_aug else o.new_empty(0)
     return readout(o.contiguous(), token_rows(q), g.contiguous(), token_rows(v), token_rows(gate), w, eps, has_aug)
-
-
-def short_conv2d(x, weight, grid_size, backend='auto'):
-    """silu(depthwise k x k convolution, zero padding k // 2) of tokens x [B, gh * gw, C] on the row-major patch grid
-    grid_size = (gh, gw), channels last; weight [C, 1, k, k] (a depthwise nn.Conv2d's, k odd) -> [B, gh * gw, C].
-    Under autocast x is cast to its dtype, as a convolution's input is.  The PyTorch path casts the weight to x's
-    dtype, as a convolution needs; the Triton kernels read it as it is (fp32 for a parameter) and accumulate in fp32.
-    backend: 'triton' or 'torch'; 'auto' is 'torch' (cuDNN on CUDA) until the kernels are timed against it on a GPU
-    (scripts/bench_short_conv.py; benchmarks/NOTES.md, session 18)."""
-    if backend not in ('auto', 'triton', 'torch'):
-        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
-    if x.dim() != 3:
-        raise ValueError(f'x must have shape [B, N, C] (tokens of the grid), got {tuple(x.shape)}')
-    B, N, C = x.shape
-    gh, gw = grid_size
-    if gh * gw != N:
-        raise ValueError(f'grid_size {tuple(grid_size)} does not match x\'s {N} tokens (x: {tuple(x.shape)})')
-    k = weight.shape[-1]
-    if weight.dim() != 4 or tuple(weight.shape) != (C, 1, k, k) or k % 2 == 0:
-        raise ValueError(f'weight must have shape [C, 1, k, k] = [{C}, 1, k, k] with k odd, '
-                         f'got {tuple(weight.shape)}')
-    if weight.device != x.device:
-        raise ValueError(f'weight is on {weight.device} but x is on {x.device}: both must share a device')
-    if backend in ('auto', 'torch'):
-        # [B, gh, gw, C] seen as NCHW in channels_last memory: no copies around the convolution
-        z = F.conv2d(x.reshape(B, gh, gw, C).permute(0, 3, 1, 2), weight.to(x.dtype), padding=k // 2, groups=C)
-        return F.silu(z.permute(0, 2, 3, 1).reshape(B, N, C))
-    if torch.is_autocast_enabled(x.device.type):
-        x = x.to(torch.get_autocast_dtype(x.device.type))
-    if x.dtype not in FLOAT_DTYPES or weight.dtype not in FLOAT_DTYPES:
-        raise ValueError(f'x and weight must be one of {FLOAT_DTYPES} for the Triton kernels, got x {x.dtype}, '
-                         f'weight {weight.dtype}')
-    from .dwconv import dwconv_silu
-    return dwconv_silu(x, weight.contiguous(), gh, gw)

@@ -20,7 +20,7 @@ from triton import knobs  # noqa: E402
 from triton.backends.nvidia.compiler import get_ptxas  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from metala_kernels import chunk, dwconv  # noqa: E402
+from metala_kernels import chunk  # noqa: E402
 
 
 def pointers(names, states='*bf16'):
@@ -57,13 +57,7 @@ KERNELS = [  # (name, kernel, pointer args and types, constexpr variant, launche
         ('backward', chunk._metala_bwd_kernel,
          pointers(('q', 'g', 'gb', 'v', 'do', 'dq', 'dg', 'dgb', 'dv', 'states', 'slow')),
          launches(chunk.BWD_CONFIGS)))
-    for recompute, paths in ((False, 'fast'), (False, 'slow'), (True, 'both')) for bidir in (True, False)] + [
-    # the image mixer's short convolution (3 x 3 taps, fp32 weight), at its launch
-    (f'short conv, {name}', kernel, {n: '*fp32' if n in ('w', 'dw_part') else '*bf16' for n in names},
-     dict(KS=3, BN=dwconv.LAUNCH['tokens'], BC=dwconv.LAUNCH['channels']), [(dwconv.LAUNCH['warps'], None)])
-    for name, kernel, names in (('forward', dwconv._dwconv_fwd_kernel, ('x', 'w', 'y')),
-                                ('dz', dwconv._dwconv_dz_kernel, ('x', 'w', 'dy', 'dz')),
-                                ('dx and dw', dwconv._dwconv_dx_kernel, ('x', 'dz', 'w', 'dx', 'dw_part')))]
+    for recompute, paths in ((False, 'fast'), (False, 'slow'), (True, 'both')) for bidir in (True, False)]
 
 
 def resources(kernel, pointer_types, constexprs, num_warps, arch, maxnreg=None):

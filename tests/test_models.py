@@ -198,8 +198,7 @@ def test_pretrained_from_our_own_files(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize('backend', ['auto', pytest.param('triton', marks=NEEDS_TRITON)])
 def test_torch_compile_has_no_graph_break(backend):
-    """One graph, forward and backward; with backend='triton' the operator, the readout and the short conv are
-    custom ops in it."""
+    """One graph, forward and backward; with backend='triton' the operator and the readout are custom ops in it."""
     model = timm.create_model('metala_vit_t_p4_32', backend=backend, **TINY)
     x = torch.randn(2, 3, 32, 32)
     compiled = torch.compile(model, backend='aot_eager', fullgraph=True)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metala_kernels import metala_attn, metala_readout, short_conv2d
+from metala_kernels import metala_attn, metala_readout
 
 SHORT_CONVS = ('2d', '1d', 'causal', 'none')
 
@@ -25,15 +25,14 @@ class ShortConv(nn.Module):
 
     '2d': k x k on the patch grid (tokens after `num_prefix` leading ones are row-major [gh, gw]; the prefix tokens,
     e.g. a class token, only pass through SiLU). '1d': k taps centred. 'causal': k taps on the past (k - 1 left pad).
-    'none': SiLU only.  Padded tokens (mask False) are zeroed first so they reach no real token.  The '2d' conv and
-    its SiLU run in metala_kernels.short_conv2d on the weight of self.conv (backend='triton': as one Triton kernel).
+    'none': SiLU only.  Padded tokens (mask False) are zeroed first so they reach no real token.
     """
 
-    def __init__(self, dim, kind='2d', kernel_size=3, backend='auto'):
+    def __init__(self, dim, kind='2d', kernel_size=3):
         super().__init__()
         if kind not in SHORT_CONVS:
             raise ValueError(f'short_conv must be one of {SHORT_CONVS}, got {kind!r}')
-        self.kind, self.kernel_size, self.backend = kind, kernel_size, backend
+        self.kind, self.kernel_size = kind, kernel_size
         if kind == '2d':
             self.conv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=False)
             # the conv runs on channels_last activations, so its weight gradient [C, 1, k, k] comes with
@@ -53,10 +52,16 @@ class ShortConv(nn.Module):
         if self.kind == '2d':
             if grid_size is None:
                 raise ValueError("short_conv='2d' needs grid_size=(gh, gw) of the patch grid")
-            patches = short_conv2d(x[:, num_prefix:], self.conv.weight, grid_size, backend=self.backend)
-            # no copy of every token when there is no class token
-            return torch.cat([F.silu(x[:, :num_prefix]), patches], dim=1) if num_prefix else patches
-        if self.conv is not None:
+            prefix, patches = x[:, :num_prefix], x[:, num_prefix:]
+            B, N, C = patches.shape
+            gh, gw = grid_size
+            if gh * gw != N:
+                raise ValueError(f'grid_size {tuple(grid_size)} does not match {N} patch tokens')
+            # [B, gh, gw, C] seen as NCHW in channels_last memory: no copies around the convolution
+            x = self.conv(patches.reshape(B, gh, gw, C).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(B, N, C)
+            if num_prefix:  # no copy of every token when there is no class token
+                x = torch.cat([prefix, x], dim=1)
+        elif self.conv is not None:
             left = self.kernel_size - 1 if self.kind == 'causal' else (self.kernel_size - 1) // 2
             right = self.kernel_size - 1 - left
             x = self.conv(F.pad(x.transpose(1, 2), (left, right))).transpose(1, 2)
@@ -94,7 +99,7 @@ class MetaLAMixer(nn.Module):
         self.causal, self.gate_norm, self.backend = causal, gate_norm, backend
         self.decay_init = None if decay_init is None else tuple(float(t) for t in decay_init)
         conv_size = conv_size or (4 if short_conv == 'causal' else 3)
-        self.short_conv = ShortConv(dim, short_conv, conv_size, backend)
+        self.short_conv = ShortConv(dim, short_conv, conv_size)
         # one in-projection for q, v, the gates and the output gate: one matmul (and one bf16 copy of the weight
         # under autocast) instead of four, which is host time in eager training at 224 px
         scans = 2 if separate_bwd_gates and not causal else 1
