@@ -17,13 +17,16 @@ replays every timed call (ours and the peers') from a CUDA graph (do_bench_cudag
 is what a model trained under CUDA graphs, or at a batch that keeps the GPU ahead of the host, sees.
 
 Each (K, V) row first compiles and autotunes our kernels and fla's (minutes: on an H200 the first row took more
-than 4 minutes): on a time budget, split the rows over GPUs or processes with --shapes / --widths, or leave fla's
-columns out (--no-fla).
+than 4 minutes, and in session 19 one row with fla, B 256 T 197, had not finished in 4.5): on a time budget, split
+the rows over GPUs or processes with --shapes / --widths, or leave fla's columns out (--no-fla).  Each measurement
+prints a line on stderr as it ends, with the seconds it took.
 """
 import argparse
 import datetime
 import math
 import platform
+import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -49,14 +52,20 @@ def copy_bandwidth():
     return 2 * src.numel() * 4 / (bench(lambda: dst.copy_(src)) * 1e-3)
 
 
-def fwd_and_train(fn, inputs, graphs=False):
-    """(fwd ms, fwd+bwd ms) of fn(*inputs) -> tensor, with a fixed random output gradient (graphs: see bench)."""
+def fwd_and_train(fn, inputs, graphs=False, name=None):
+    """(fwd ms, fwd+bwd ms) of fn(*inputs) -> tensor, with a fixed random output gradient (graphs: see bench).  With
+    a name, a line on stderr says what was measured and how long it took, autotuning included, so a run cut short by
+    a time limit still tells where its time went."""
+    start = time.perf_counter()
     with torch.no_grad():
         do = torch.randn_like(fn(*inputs))
     leaves = [x for x in inputs if x.requires_grad]
     with torch.no_grad():
         fwd = bench(lambda: fn(*inputs), graphs=graphs)
     train = bench(lambda: fn(*inputs).backward(do), leaves, graphs)
+    if name:
+        print(f'{name}: fwd {fwd:.3f} ms, fwd+bwd {train:.3f} ms ({time.perf_counter() - start:.0f} s to measure)',
+              file=sys.stderr, flush=True)
     return fwd, train
 
 
@@ -103,21 +112,23 @@ def run(shapes, widths, dtype, gate_dtype, bandwidth, out_path, head, with_fla=T
     rows = []
     for B, T, H in shapes:
         qs = [torch.randn(B, H, T, 64, device='cuda', dtype=dtype, requires_grad=True) for _ in range(3)]
-        sdpa_fwd, sdpa_train = fwd_and_train(sdpa, qs, graphs)
+        sdpa_fwd, sdpa_train = fwd_and_train(sdpa, qs, graphs, f'B {B} T {T} H {H}, SDPA')
         del qs
         for K, V in widths:
+            shape = f'B {B} T {T} H {H} K {K} V {V}'
             q, g, v = metala_inputs(B, T, H, K, V, dtype, gate_dtype)
             # as the layers call it: their g = logsigmoid(.) / 16 <= 0 needs no check (a host sync by default)
-            ours = fwd_and_train(lambda q, g, v: metala_attn(q, g, v, check_gates=False), (q, g, v), graphs)
+            ours = fwd_and_train(lambda q, g, v: metala_attn(q, g, v, check_gates=False), (q, g, v), graphs,
+                                 f'{shape}, ours')
             ours_causal = fwd_and_train(lambda q, g, v: metala_attn(q, g, v, causal=True, check_gates=False),
-                                        (q, g, v), graphs)
+                                        (q, g, v), graphs, f'{shape}, ours causal')
             k = (1 - g.float().exp()).to(dtype).detach().requires_grad_()
             g32 = g.float().detach().requires_grad_()
             fla_bi = fla_c = (float('nan'), float('nan'))
             if with_fla:
                 try:
-                    fla_bi = fwd_and_train(fla_bidirectional, (q, k, v, g32), graphs)
-                    fla_c = fwd_and_train(fla_causal, (q, k, v, g32), graphs)
+                    fla_bi = fwd_and_train(fla_bidirectional, (q, k, v, g32), graphs, f'{shape}, fla 2-pass')
+                    fla_c = fwd_and_train(fla_causal, (q, k, v, g32), graphs, f'{shape}, fla chunk_gla')
                 except ImportError:
                     pass
             err = max(check_against_torch_path(q, g, v, False), check_against_torch_path(q, g, v, True))

@@ -24,3 +24,18 @@ def test_table_columns(fla):
     else:
         assert [cells[c] for c in ('fla 2-pass fwd', 'fla 2-pass fwd+bwd', 'fla/ours fwd+bwd', 'fla chunk_gla fwd+bwd',
                                    'ours/fla causal')] == ['-'] * 5
+
+
+def test_each_measurement_is_reported_as_it_ends(monkeypatch, capsys):
+    """A run cut short by a time limit still says what it measured and how long each took (the timer stubbed: it
+    needs a GPU)."""
+    import torch
+    calls = []
+    monkeypatch.setattr(bench_ops, 'bench', lambda fn, grad_of=(), graphs=False: calls.append(fn()) or 0.5)
+    x = torch.randn(3, requires_grad=True)
+    assert bench_ops.fwd_and_train(lambda x: x * 2, (x,), name='B 1 T 3, stub') == (0.5, 0.5)
+    assert len(calls) == 2 and x.grad is not None
+    err = capsys.readouterr().err
+    assert err.startswith('B 1 T 3, stub: fwd 0.500 ms, fwd+bwd 0.500 ms (') and err.endswith(' s to measure)\n')
+    bench_ops.fwd_and_train(lambda x: x * 2, (x,))
+    assert capsys.readouterr().err == ''
