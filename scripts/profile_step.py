@@ -3,13 +3,16 @@ the top ops by device time and by host (CPU) time.  A step much longer than its 
 (benchmarks/models.md, session 9: metala_vit_s 72 ms a step for 37 ms of kernels, deit_small 42 for 24).
 
     python scripts/profile_step.py [--models metala_vit_s deit_small_patch16_224] [--res 224] [--batch 128]
-                                   [--steps 5] [--device cuda|cpu]
+                                   [--compile [MODE]] [--steps 5] [--device cuda|cpu]
     python scripts/profile_step.py --lra configs/lra/listops.yaml [key=value ...] [--steps 5] [--device cuda|cpu]
 
 A step is forward + backward + AdamW (fused on CUDA) under bf16 autocast on CUDA; --device cpu runs it in fp32, a
 check of the script rather than a profile worth reading.  --lra profiles the LRAClassifier that scripts/lra.py
 builds from that config (and overrides), at the config's batch size, on random tokens padded to the task's length
-with a mask of random lengths from a quarter of it to all of it (ListOps' 500-2,000 of 2,000).
+with a mask of random lengths from a quarter of it to all of it (ListOps' 500-2,000 of 2,000).  --compile runs
+the --models compiled (torch.compile, inductor, in that mode), as bench_models.py --compile times them; an LRA
+config compiles its classifier itself (torchcompile=...).  On CUDA cuDNN's benchmark mode is on, as in
+bench_models.py and timm's benchmark.py.
 """
 import argparse
 import importlib.util
@@ -23,12 +26,16 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 import metala_vision  # noqa: F401  (registers the models)
-from metala_vision.training import compile_in_place
+from metala_vision.training import COMPILE_MODES, compile_in_place
 
 
-def vit_case(name, res, batch, device, **model_kwargs):
-    """(model, inputs, labels) of a timm model `name` at res px."""
+def vit_case(name, res, batch, device, compile_mode=None, **model_kwargs):
+    """(model, inputs, labels) of a timm model `name` at res px; compiled in place (inductor) in compile_mode, one of
+    COMPILE_MODES, if given."""
     model = timm.create_model(name, img_size=res, num_classes=1000, **model_kwargs).to(device)
+    compile_in_place(model, dict(torchcompile='inductor' if compile_mode else None,
+                                 torchcompile_mode=None if compile_mode == 'default' else compile_mode),
+                     logging.getLogger(__name__))
     return model, (torch.randn(batch, 3, res, res, device=device),), torch.randint(0, 1000, (batch,), device=device)
 
 
@@ -94,11 +101,17 @@ def main():
     parser.add_argument('--lra', metavar='CONFIG', help="an LRA config (configs/lra/*.yaml): profile its classifier "
                         "instead of --models (--res and --batch do not apply)")
     parser.add_argument('overrides', nargs='*', metavar='key=value', help='settings of the --lra config to override')
+    parser.add_argument('--compile', nargs='?', const='default', choices=COMPILE_MODES, default=None, metavar='MODE',
+                        help='profile the --models compiled with inductor in a mode of %(choices)s (default mode if '
+                        'none is given); eager without it')
     parser.add_argument('--steps', type=int, default=5, help='steps profiled (and timed without the profiler)')
     parser.add_argument('--device', choices=('cuda', 'cpu'), default='cuda')
     args = parser.parse_args()
     if args.overrides and not args.lra:
         parser.error('key=value overrides go with --lra')
+    if args.compile and args.lra:
+        parser.error('--compile goes with --models; an LRA config compiles with torchcompile=... overrides')
+    torch.backends.cudnn.benchmark = args.device == 'cuda'  # as bench_models.py: each convolution's fastest algorithm
     if args.lra:
         model, inputs, labels = lra_case(args.lra, args.overrides, args.device)
         B, T = inputs[0].shape
@@ -106,8 +119,9 @@ def main():
                profile_step(model, inputs, labels, args.steps, args.device))
         return
     for name in args.models:
-        r = profile_step(*vit_case(name, args.res, args.batch, args.device), args.steps, args.device)
-        report(f'{name}, {args.res} px, batch {args.batch}', r)
+        r = profile_step(*vit_case(name, args.res, args.batch, args.device, args.compile), args.steps, args.device)
+        report(f'{name}, {args.res} px, batch {args.batch}' + (f', compiled ({args.compile})' if args.compile else ''),
+               r)
 
 
 if __name__ == '__main__':

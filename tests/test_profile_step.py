@@ -2,6 +2,7 @@
 Its numbers are not checked: timings are not tests."""
 from pathlib import Path
 
+import pytest
 import torch
 
 from script_loader import load_script
@@ -34,3 +35,17 @@ def test_compiles_the_lra_classifier_where_the_config_says(one_thread):
     eager, _, _ = profile_step.lra_case(str(LISTOPS_CONFIG), overrides, 'cpu')
     compiled, _, _ = profile_step.lra_case(str(LISTOPS_CONFIG), overrides + ['torchcompile=eager'], 'cpu')
     assert eager._compiled_call_impl is None and compiled._compiled_call_impl is not None
+
+
+@pytest.mark.parametrize('mode, cfg', [(None, dict(torchcompile=None, torchcompile_mode=None)),
+                                       ('default', dict(torchcompile='inductor', torchcompile_mode=None)),
+                                       ('reduce-overhead', dict(torchcompile='inductor',
+                                                                torchcompile_mode='reduce-overhead'))])
+def test_compiles_the_models_in_the_mode_given(mode, cfg, monkeypatch, one_thread):
+    """--compile MODE: the timm model compiled in place with inductor in that mode ('default': torch.compile's own);
+    eager without it (compile_in_place stubbed: inductor on the CPU takes minutes)."""
+    seen = []
+    monkeypatch.setattr(profile_step, 'compile_in_place', lambda model, cfg, logger: seen.append((model, cfg)))
+    model, _, _ = profile_step.vit_case('metala_vit_t_p4_32', res=32, batch=2, device='cpu', compile_mode=mode,
+                                        depth=1)
+    assert seen == [(model, cfg)]
