@@ -88,16 +88,15 @@ def max_error(outputs, q, g, v, do, causal):
     return max(((outputs[n].float() - r).norm() / r.norm()).item() for n, r in refs.items())
 
 
-def milliseconds(fn, device, graphs, grads=()):
-    """Median ms of fn() (graphs: replayed from a CUDA graph; on the CPU three plain calls); grads: tensors whose
-    .grad is reset before each call (a backward's, so that no accumulation is timed)."""
+def milliseconds(fn, device, graphs):
+    """Median ms of fn() (graphs: replayed from a CUDA graph; on the CPU three plain calls)."""
     if graphs:
         from triton.testing import do_bench_cudagraph
-        fn()  # autotunes (and cuDNN's benchmark runs) outside the graph
-        return do_bench_cudagraph(fn, rep=300, grad_to_none=list(grads), return_mode='median')
+        fn()  # autotunes outside the graph
+        return do_bench_cudagraph(fn, rep=300, return_mode='median')
     if device == 'cuda':
         from triton.testing import do_bench
-        return do_bench(fn, warmup=50, rep=300, grad_to_none=list(grads), return_mode='median')
+        return do_bench(fn, warmup=50, rep=300, return_mode='median')
     fn()
     runs = []
     for _ in range(3):

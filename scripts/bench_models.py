@@ -43,7 +43,7 @@ def batch_at(base, res):
 
 
 def create(name, res, ours_kwargs=None):
-    """A model of a pair at res px; ours_kwargs go to ours (the metala_vit models) only, e.g. backend='triton'."""
+    """A model of a pair at res px; ours_kwargs go to ours (the metala_vit models) only, e.g. self_aug=False."""
     kwargs = dict(img_size=res) if name.startswith('deit') else dict(ours_kwargs or {})
     return timm.create_model(name, num_classes=1000, **kwargs)
 
@@ -220,8 +220,7 @@ def main():
                         help="torch.compile both models of each pair, in a mode of %(choices)s ('reduce-overhead': "
                              'CUDA graphs, no host time between kernels)')
     parser.add_argument('--ours-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='KEY=VALUE',
-                        help="create_model arguments for our models only, e.g. backend='triton' (the short conv's "
-                             'Triton kernels too)')
+                        help="create_model arguments for our models only, e.g. self_aug=False")
     parser.add_argument('--out', default='benchmarks/models.md', help='the table; .json and .png beside it')
     parser.add_argument('--plot-only', action='store_true', help='redraw models.png from models.json')
     parser.add_argument('--device', default='cuda', choices=['cuda', 'cpu'],

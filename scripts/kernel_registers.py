@@ -37,8 +37,7 @@ def launches(configs, also=()):
 
 
 STATES = ('q', 'g', 'gb', 'v', 'do', 'states', 'decays', 'slow')
-KERNELS = [  # (name, kernel, pointer args and types, constexpr variant, launches to compile); step 2 reads carried
-    # states
+KERNELS = [  # (name, kernel, pointer args and types, constexpr variant, launches); step 2 reads carried states
     ('states (values: S, R), carried', chunk._metala_states_kernel, pointers(STATES),
      dict(BIDIR=True, X_IS_Q=False, DIRS=4, FIRST=0, CARRY=True), launches(chunk.FWD_CONFIGS)),
     ('states (gradients: dS, dR), carried', chunk._metala_states_kernel, pointers(STATES),

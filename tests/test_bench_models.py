@@ -60,8 +60,8 @@ def test_gflops_count_deits_attention():
 
 
 def test_ours_kwargs_reach_our_models_only(tmp_path):
-    """--ours-kwargs go to create_model for the metala_vit models (e.g. backend='triton': the short conv's kernels
-    too), not to DeiT, and the table says so."""
+    """--ours-kwargs go to create_model for the metala_vit models (e.g. backend='triton'), not to DeiT, and the table
+    says so."""
     model = bench_models.create('metala_vit_t', 32, dict(backend='triton'))
     assert {m.backend for m in model.modules() if hasattr(m, 'backend')} == {'triton'}
     assert bench_models.create('deit_tiny_patch16_224', 32, dict(backend='triton')) is not None
